@@ -1,0 +1,34 @@
+"""celery-defer: deferrable tasks for Celery.
+
+A :class:`DeferrableTask` hands its wait to a trigger and leaves the worker;
+a :class:`Triggerer` runs thousands of triggers in one event loop; when one
+fires, the task resumes on a worker under its original id.
+"""
+
+from celery_defer.exceptions import (
+    CeleryDeferError,
+    InvalidDeferral,
+    TaskDeferred,
+    TriggerFailed,
+    TriggerTimeout,
+)
+from celery_defer.sweep import install
+from celery_defer.task import DEFERRED, DeferrableTask
+from celery_defer.triggerer import Triggerer
+from celery_defer.triggers import BaseTrigger, TriggerEvent
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFERRED",
+    "BaseTrigger",
+    "CeleryDeferError",
+    "DeferrableTask",
+    "InvalidDeferral",
+    "TaskDeferred",
+    "Triggerer",
+    "TriggerEvent",
+    "TriggerFailed",
+    "TriggerTimeout",
+    "install",
+]

@@ -1,0 +1,65 @@
+"""The ``celery triggerer`` and ``celery defer`` commands.
+
+Registered through the ``celery.commands`` entry point group, which
+``celery/bin/celery.py`` loads; like ``celery beat`` they take the app from
+``ctx.obj.app`` and handle preload options.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+from celery._state import _set_task_join_will_block
+from celery.bin.base import LOG_LEVEL, CeleryCommand, CeleryOption, handle_preload_options
+
+from celery_defer.exceptions import CeleryDeferError
+from celery_defer.store import store_for
+from celery_defer.store.schema import SCHEMA_VERSION
+from celery_defer.triggerer import Triggerer
+
+
+@click.command(cls=CeleryCommand)
+@click.option("--capacity", cls=CeleryOption, type=click.IntRange(min=1), default=None,
+              help_group="Triggerer Options",
+              help="Most triggers run at once (default: defer_triggerer_capacity, 1000).")
+@click.option("-l", "--loglevel", cls=CeleryOption, type=LOG_LEVEL, default="INFO",
+              help_group="Triggerer Options", help="Logging level.")
+@click.pass_context
+@handle_preload_options
+def triggerer(ctx: click.Context, capacity: int | None, loglevel: Any, **_: Any) -> None:
+    """Run the triggerer: the process that runs deferred tasks' triggers."""
+    app = ctx.obj.app
+    # This process publishes many resumes and never waits for a result: say
+    # so, as workers do, so Celery's Redis result backend does not subscribe
+    # it to every task it sends (celery/backends/redis.py on_task_call;
+    # celery #6963, #4885).
+    _set_task_join_will_block(True)
+    app.log.setup_logging_subsystem(loglevel=loglevel)
+    logging.getLogger("celery_defer").setLevel(loglevel)
+    try:
+        service = Triggerer(app, capacity=capacity)
+        click.echo(f"celery-defer triggerer {service.id} starting (capacity {service.capacity})")
+        service.run()
+    except CeleryDeferError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=click.Group)
+@click.pass_context
+@handle_preload_options
+def defer(ctx: click.Context) -> None:
+    """Manage celery-defer: the deferral store and deferred tasks."""
+
+
+@defer.command("init-db", cls=CeleryCommand)
+@click.pass_context
+def init_db(ctx: click.Context) -> None:
+    """Create or upgrade the schema in defer_database_url (safe to run twice)."""
+    app = ctx.obj.app
+    try:
+        store_for(app).create_schema()
+    except CeleryDeferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"celery-defer schema version {SCHEMA_VERSION} is ready")

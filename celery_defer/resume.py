@@ -1,0 +1,180 @@
+"""Re-sending a deferred task under its own id.
+
+Modelled on Celery's ``Task.retry`` → ``signature_from_request``
+(celery/app/task.py): the request's execution options (root/parent ids, group,
+chord, chain, link, link_error, headers, time limits, expires, retries,
+reply_to) plus the routing and priority from ``delivery_info`` are captured
+at defer time and handed back to ``send_task`` at resume time, so the resumed
+execution is the same Celery task that deferred.
+
+The snapshot holds users' signatures (chain, callbacks) with their
+arguments, so it is serialized with the app's own task serializer, exactly as
+Celery would put it in a message.
+
+What the resumed worker needs to know travels in one message header,
+:data:`RESUME_HEADER`: the method to call, the deferral's generation (the
+worker drops a resume whose generation is stale), and the trigger's outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from celery._state import task_join_will_block
+from kombu.serialization import dumps as kombu_dumps
+from kombu.serialization import loads as kombu_loads
+
+from celery_defer import serialization
+from celery_defer.store.records import ResumeOrder
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+    from celery.app.task import Context
+
+logger = logging.getLogger(__name__)
+
+#: The message header that marks a resume (also visible as ``request.celery_defer``).
+RESUME_HEADER = "celery_defer"
+
+#: The ``method`` a failure resume names: the worker raises instead of calling.
+FAIL_METHOD = "__fail__"
+
+# Options Celery fills in itself on every send, or that we set explicitly.
+_NOT_REPLAYED = ("task_id", "ignore_result")
+
+
+def snapshot_request(task: Task, request: Context) -> str:
+    """Capture what is needed to re-send ``request`` later, as text."""
+    if hasattr(request, "as_execution_options"):
+        options: dict[str, Any] = dict(request.as_execution_options())
+    else:  # Celery < 5.3.5 has no as_execution_options(): same fields by hand.
+        limit_hard, limit_soft = request.timelimit or (None, None)
+        options = {
+            "root_id": request.root_id, "parent_id": request.parent_id,
+            "group_id": request.group, "group_index": getattr(request, "group_index", None),
+            "shadow": request.shadow, "chord": request.chord, "chain": request.chain,
+            "link": request.callbacks, "link_error": request.errbacks,
+            "expires": request.expires, "soft_time_limit": limit_soft,
+            "time_limit": limit_hard, "headers": request.headers,
+            "retries": request.retries, "reply_to": request.reply_to,
+        }
+    for key in _NOT_REPLAYED:
+        options.pop(key, None)
+    headers = dict(options.get("headers") or {})
+    headers.pop(RESUME_HEADER, None)
+    options["headers"] = headers
+    options["ignore_result"] = bool(getattr(request, "ignore_result", False) or task.ignore_result)
+    delivery_info = request.delivery_info or {}
+    if delivery_info.get("priority") is not None:
+        options["priority"] = delivery_info["priority"]
+    exchange, routing_key = delivery_info.get("exchange"), delivery_info.get("routing_key")
+    if exchange == "" and routing_key:
+        options["queue"] = routing_key  # sent to the default (anonymous) exchange
+    elif routing_key:
+        options["exchange"] = exchange
+        options["routing_key"] = routing_key
+    options = {key: value for key, value in options.items() if value is not None}
+    serializer = task.serializer or task.app.conf.task_serializer
+    content_type, encoding, body = kombu_dumps(options, serializer=serializer)
+    if isinstance(body, bytes):
+        body, encoding_tag = base64.b64encode(body).decode("ascii"), "base64"
+    else:
+        encoding_tag = "text"
+    return json.dumps(
+        {"content_type": content_type, "encoding": encoding, "body": body, "wrap": encoding_tag}
+    )
+
+
+def restore_request(snapshot: str) -> dict[str, Any]:
+    """The ``send_task`` options a :func:`snapshot_request` text stands for."""
+    data = json.loads(snapshot)
+    body: str | bytes = data["body"]
+    if data["wrap"] == "base64":
+        body = base64.b64decode(body)
+    options: dict[str, Any] = kombu_loads(
+        body, data["content_type"], data["encoding"], accept={data["content_type"]}
+    )
+    return options
+
+
+def event_outcome(payload: Any) -> str:
+    """The stored outcome of a trigger that yielded ``payload``."""
+    return serialization.dumps({"event": payload}, where="event payload")
+
+
+def error_outcome(kind: str, message: str) -> str:
+    """The stored outcome of a trigger that failed (``failed``) or timed out (``timeout``)."""
+    return serialization.dumps({"error": {"kind": kind, "message": message}})
+
+
+def resume_header(order: ResumeOrder) -> dict[str, Any]:
+    """The header a resume message carries."""
+    return {
+        "generation": order.generation,
+        "method": order.method,
+        "outcome": json.loads(order.outcome),
+    }
+
+
+def publish(app: Celery, orders: Sequence[ResumeOrder]) -> list[ResumeOrder]:
+    """Send each order's resume message; return the orders that were sent.
+
+    An order that cannot be sent (broker down, undecodable snapshot) is
+    logged and left out: its deferral stays ``firing`` and the sweep sends it
+    again later, so nothing is lost.
+    """
+    sent: list[ResumeOrder] = []
+    if not orders:
+        return sent
+    with app.producer_or_acquire() as producer:
+        for order in orders:
+            try:
+                options = restore_request(order.request)
+                headers = dict(options.pop("headers", None) or {})
+                headers[RESUME_HEADER] = resume_header(order)
+                app.send_task(
+                    order.task_name,
+                    args=(),
+                    kwargs=json.loads(order.kwargs),
+                    task_id=order.task_id,
+                    headers=headers,
+                    producer=producer,
+                    add_to_parent=False,
+                    **options,
+                )
+            except Exception:
+                logger.exception(
+                    "could not publish the resume of task %s (%s); the sweep retries it",
+                    order.task_id, order.task_name,
+                    extra={"task_id": order.task_id, "task_name": order.task_name},
+                )
+                continue
+            sent.append(order)
+            _unsubscribe(app, order.task_id)
+    return sent
+
+
+def _unsubscribe(app: Celery, task_id: str) -> None:
+    """Drop the result subscription ``send_task`` may have opened for ``task_id``.
+
+    With the Redis result backend, every ``send_task`` subscribes the sender
+    to the task's result channel unless the process is marked as one that
+    never joins results (celery/backends/redis.py ``on_task_call``; celery
+    #6963, #4885: memory growth). The ``celery triggerer`` command marks its
+    process so; an embedded triggerer shares its process with code that may
+    wait for results, so it unsubscribes each resume instead.
+    """
+    if task_join_will_block():
+        return
+    consumer = getattr(app.backend, "result_consumer", None)
+    cancel = getattr(consumer, "cancel_for", None)
+    if cancel is None:
+        return
+    try:
+        cancel(task_id)
+    except Exception:  # never let bookkeeping fail a publish
+        logger.debug("could not unsubscribe from the result of %s", task_id, exc_info=True)

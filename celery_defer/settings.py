@@ -1,0 +1,99 @@
+"""celery-defer's settings, read once from ``app.conf``.
+
+Settings follow Celery's conventions: lowercase ``defer_*`` names on
+``app.conf``; with ``config_from_object(..., namespace="CELERY")`` the
+uppercase ``CELERY_DEFER_*`` names are read too. Nothing is read from the
+environment at import time: a :class:`Settings` is built from an app when it
+is first needed and then cached for that app.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery_defer.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+DEFAULTS: dict[str, Any] = {
+    "defer_database_url": "sqlite:///celery-defer.sqlite3",
+    "defer_triggerer_capacity": 1000,
+    "defer_triggerer_heartbeat": 5.0,
+    "defer_triggerer_health_timeout": 30.0,
+    "defer_sweep_interval": 15.0,
+    "defer_trigger_queue": "celery_defer.triggers",
+    "defer_max_kwargs_bytes": 65536,
+}
+
+_cache: weakref.WeakKeyDictionary[Any, Settings] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``defer_*`` settings of one Celery app."""
+
+    database_url: str
+    triggerer_capacity: int
+    triggerer_heartbeat: float
+    triggerer_health_timeout: float
+    sweep_interval: float
+    trigger_queue: str
+    max_kwargs_bytes: int
+
+    @classmethod
+    def from_app(cls, app: Celery) -> Settings:
+        """Return the app's settings, building and validating them on first use."""
+        try:
+            return _cache[app]
+        except KeyError:
+            pass
+        settings = cls(
+            database_url=_text(app, "defer_database_url"),
+            triggerer_capacity=_positive_int(app, "defer_triggerer_capacity"),
+            triggerer_heartbeat=_positive_float(app, "defer_triggerer_heartbeat"),
+            triggerer_health_timeout=_positive_float(app, "defer_triggerer_health_timeout"),
+            sweep_interval=_positive_float(app, "defer_sweep_interval"),
+            trigger_queue=_text(app, "defer_trigger_queue"),
+            max_kwargs_bytes=_positive_int(app, "defer_max_kwargs_bytes"),
+        )
+        if settings.triggerer_health_timeout <= settings.triggerer_heartbeat:
+            raise ConfigurationError(
+                "defer_triggerer_health_timeout "
+                f"({settings.triggerer_health_timeout}) must be longer than "
+                f"defer_triggerer_heartbeat ({settings.triggerer_heartbeat})"
+            )
+        _cache[app] = settings
+        return settings
+
+
+def _lookup(app: Celery, name: str) -> Any:
+    conf = app.conf
+    for key in (name, "CELERY_" + name.upper()):
+        value = conf.get(key)
+        if value is not None:
+            return value
+    return DEFAULTS[name]
+
+
+def _text(app: Celery, name: str) -> str:
+    value = _lookup(app, name)
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _positive_int(app: Celery, name: str) -> int:
+    value = _lookup(app, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_float(app: Celery, name: str) -> float:
+    value = _lookup(app, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)

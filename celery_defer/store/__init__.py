@@ -1,0 +1,64 @@
+"""Where deferrals and triggers live.
+
+:func:`store_for` gives each process one store per app, built from the
+``defer_database_url`` setting. Connection pools must never cross a fork
+(prefork workers fork after the app is imported), so the cache is keyed by
+process id as well as by app.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from celery_defer.settings import Settings
+from celery_defer.store.base import Store
+from celery_defer.store.records import (
+    DEFERRED,
+    FIRING,
+    RESUMED,
+    RUNNING,
+    ClaimedTrigger,
+    DeferralInfo,
+    NewDeferral,
+    ResumeOrder,
+    StoredDeferral,
+    TriggerOutcome,
+)
+from celery_defer.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = [
+    "DEFERRED",
+    "FIRING",
+    "RESUMED",
+    "RUNNING",
+    "ClaimedTrigger",
+    "DeferralInfo",
+    "NewDeferral",
+    "ResumeOrder",
+    "SqlStore",
+    "Store",
+    "StoredDeferral",
+    "TriggerOutcome",
+    "store_for",
+]
+
+_stores: weakref.WeakKeyDictionary[Celery, tuple[int, Store]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def store_for(app: Celery) -> Store:
+    """The store of ``app`` for this process, created on first use."""
+    pid = os.getpid()
+    with _lock:
+        cached = _stores.get(app)
+        if cached is not None and cached[0] == pid:
+            return cached[1]
+        store = SqlStore(Settings.from_app(app).database_url)
+        _stores[app] = (pid, store)
+        return store

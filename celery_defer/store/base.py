@@ -1,0 +1,109 @@
+"""The store interface: every domain operation on deferrals and triggers.
+
+Callers (task side, triggerer, sweep, CLI) only use these methods; each is one
+transaction. Implementations translate their driver's errors into
+:class:`~celery_defer.exceptions.StoreError` so nothing above ``store/``
+handles database exceptions.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+
+from celery_defer.store.records import (
+    ClaimedTrigger,
+    DeferralInfo,
+    NewDeferral,
+    ResumeOrder,
+    StoredDeferral,
+    TriggerOutcome,
+)
+
+
+class Store(abc.ABC):
+    """Persistence of triggers, deferrals and triggerers."""
+
+    @abc.abstractmethod
+    def create_schema(self) -> None:
+        """Create (or upgrade) the tables; safe to call twice."""
+
+    @abc.abstractmethod
+    def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
+        """Store a new trigger and the deferral waiting on it, in one transaction.
+
+        A task that defers again under the same id replaces its previous
+        deferral with a new generation, so stale resumes can be told apart.
+        """
+
+    @abc.abstractmethod
+    def begin_resume(self, task_id: str, generation: int) -> bool:
+        """Claim a published resume for execution; False means a stale duplicate."""
+
+    @abc.abstractmethod
+    def reopen_resume(self, task_id: str, generation: int) -> None:
+        """Make a claimed resume claimable again (the method called ``self.retry()``)."""
+
+    @abc.abstractmethod
+    def finish(self, task_id: str, generation: int) -> None:
+        """Forget a deferral whose resumed execution ended (returned or raised)."""
+
+    @abc.abstractmethod
+    def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
+        """Record a running triggerer and its first heartbeat."""
+
+    @abc.abstractmethod
+    def heartbeat(self, triggerer_id: str) -> bool:
+        """Refresh a triggerer's heartbeat; False if it was declared dead meanwhile."""
+
+    @abc.abstractmethod
+    def unregister_triggerer(self, triggerer_id: str) -> int:
+        """Remove a triggerer and hand its triggers back; returns how many."""
+
+    @abc.abstractmethod
+    def release_triggers(self, triggerer_id: str, trigger_ids: Sequence[int]) -> None:
+        """Hand some of a triggerer's triggers back for others to claim."""
+
+    @abc.abstractmethod
+    def claim_triggers(
+        self, triggerer_id: str, limit: int, health_timeout: float
+    ) -> list[ClaimedTrigger]:
+        """Take up to ``limit`` unowned triggers (and those of dead triggerers)."""
+
+    @abc.abstractmethod
+    def held_trigger_ids(self, triggerer_id: str) -> set[int]:
+        """The ids of triggers a triggerer owns (to stop the ones no longer needed)."""
+
+    @abc.abstractmethod
+    def fire(self, outcomes: Sequence[TriggerOutcome]) -> list[ResumeOrder]:
+        """Store outcomes: each still-deferred waiter moves to ``firing``.
+
+        Only deferrals still in ``deferred`` move, which is what makes a
+        trigger that ran in two places resume its tasks once. Fired triggers
+        are deleted. Returns the resumes to publish.
+        """
+
+    @abc.abstractmethod
+    def mark_resumed(self, orders: Sequence[ResumeOrder]) -> None:
+        """Record that these resumes were published."""
+
+    @abc.abstractmethod
+    def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
+        """Move deferrals past their timeout to ``firing`` with ``outcome``."""
+
+    @abc.abstractmethod
+    def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        """Deferrals left in ``firing`` (their publisher died): to publish again."""
+
+    @abc.abstractmethod
+    def delete_unused_triggers(self) -> int:
+        """Delete triggers no deferral waits on; returns how many."""
+
+    @abc.abstractmethod
+    def get_deferral(self, task_id: str) -> DeferralInfo | None:
+        """One deferral, or None."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""

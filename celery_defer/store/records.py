@@ -1,0 +1,90 @@
+"""Plain records passed across the store boundary.
+
+The store speaks in these small frozen dataclasses so that no caller ever sees
+a SQLAlchemy row, and an in-memory store can return the very same types.
+Values that users supply (kwargs, trigger kwargs, events) cross as typed-JSON
+text (see :mod:`celery_defer.serialization`); the store never interprets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+#: A deferral waits for its trigger.
+DEFERRED = "deferred"
+#: Its trigger fired (or it timed out): the outcome is stored, the resume not yet sent.
+FIRING = "firing"
+#: The resume message was published; no worker has claimed it yet.
+RESUMED = "resumed"
+#: A worker claimed the resume and is running the method.
+RUNNING = "running"
+
+STATES = (DEFERRED, FIRING, RESUMED, RUNNING)
+
+
+@dataclass(frozen=True)
+class NewDeferral:
+    """What the task side stores when a task defers."""
+
+    task_id: str
+    task_name: str
+    method: str
+    kwargs: str
+    request: str
+    trigger_classpath: str
+    trigger_kwargs: str
+    timeout_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredDeferral:
+    """Where :meth:`Store.save_deferral` put a deferral."""
+
+    trigger_id: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class ClaimedTrigger:
+    """A trigger a triggerer now owns and must run."""
+
+    id: int
+    classpath: str
+    kwargs: str
+
+
+@dataclass(frozen=True)
+class TriggerOutcome:
+    """What a trigger ended with: its first event, or an error (typed-JSON text)."""
+
+    trigger_id: int
+    outcome: str
+
+
+@dataclass(frozen=True)
+class ResumeOrder:
+    """A deferral whose outcome is stored and whose resume must be published."""
+
+    task_id: str
+    task_name: str
+    generation: int
+    method: str
+    kwargs: str
+    request: str
+    outcome: str
+
+
+@dataclass(frozen=True)
+class DeferralInfo:
+    """A deferral as inspection tools and tests see it."""
+
+    task_id: str
+    task_name: str
+    state: str
+    generation: int
+    method: str
+    trigger_id: int | None
+    timeout_at: datetime | None
+    created_at: datetime
+    updated_at: datetime

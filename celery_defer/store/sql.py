@@ -1,0 +1,496 @@
+"""The SQLAlchemy store: SQLite (embedded default), PostgreSQL, MySQL/MariaDB.
+
+Every method is one short transaction. Claims lock rows with
+``FOR UPDATE SKIP LOCKED`` where the dialect has it (PostgreSQL, MySQL 8,
+MariaDB 10.6); SQLite has no row locks, so every SQLite transaction starts
+with ``BEGIN IMMEDIATE``, which serialises writers across processes and
+makes the same select-then-update sequences safe there.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    exists,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+from celery_defer.exceptions import ConfigurationError, SchemaMissing, StoreError
+from celery_defer.store.base import Store
+from celery_defer.store.records import (
+    DEFERRED,
+    FIRING,
+    RESUMED,
+    RUNNING,
+    ClaimedTrigger,
+    DeferralInfo,
+    NewDeferral,
+    ResumeOrder,
+    StoredDeferral,
+    TriggerOutcome,
+)
+from celery_defer.store.schema import (
+    SCHEMA_VERSION,
+    deferrals,
+    metadata,
+    schema_info,
+    triggerers,
+    triggers,
+)
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_ORDER_COLUMNS = (
+    deferrals.c.task_id,
+    deferrals.c.task_name,
+    deferrals.c.generation,
+    deferrals.c.method,
+    deferrals.c.kwargs,
+    deferrals.c.request,
+    deferrals.c.outcome,
+)
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the form every timestamp column holds."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def to_naive_utc(moment: datetime) -> datetime:
+    """Convert an aware datetime to the naive UTC the columns hold."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn driver errors into StoreError at the store's edge."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            if _is_missing_table(exc):
+                raise SchemaMissing() from exc
+            raise StoreError(f"{method.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+def _is_missing_table(exc: SQLAlchemyError) -> bool:
+    text = str(exc).lower()
+    return "defer_" in text and ("no such table" in text or "does not exist" in text
+                                 or "doesn't exist" in text)
+
+
+def _order(row: Any) -> ResumeOrder:
+    return ResumeOrder(
+        task_id=row.task_id,
+        task_name=row.task_name,
+        generation=row.generation,
+        method=row.method,
+        kwargs=row.kwargs,
+        request=row.request,
+        outcome=row.outcome,
+    )
+
+
+class SqlStore(Store):
+    """A :class:`~celery_defer.store.base.Store` on any SQLAlchemy 2 database."""
+
+    def __init__(self, url: str, *, create_schema: bool = True) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigurationError(f"defer_database_url is not a database URL: {url!r}") from exc
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        self.engine: Engine = self._create_engine(url)
+        self._schema_checked = not create_schema
+
+    @staticmethod
+    def _create_engine(url: str) -> Engine:
+        try:
+            if make_url(url).get_backend_name() == "sqlite":
+                engine = create_engine(url, connect_args={"timeout": 30})
+                event.listen(engine, "connect", _configure_sqlite)
+                event.listen(engine, "begin", _begin_immediate)
+                return engine
+            return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
+        except (ArgumentError, ImportError) as exc:
+            raise ConfigurationError(f"cannot use defer_database_url {url!r}: {exc}") from exc
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        if not self._schema_checked:
+            self.create_schema()
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- schema -----------------------------------------------------------
+
+    @_translated
+    def create_schema(self) -> None:
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                break
+            except (IntegrityError, OperationalError):
+                # Two processes creating the schema at once: the loser's
+                # CREATE fails; the tables exist now, so check again.
+                if attempt == 2:
+                    raise
+        with self.engine.begin() as conn:
+            version = conn.execute(select(schema_info.c.version)).scalar()
+            if version is None:
+                conn.execute(insert(schema_info).values(id=1, version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the store at {self.url!r} has schema version {version}, newer than "
+                    f"this celery-defer understands ({SCHEMA_VERSION}): upgrade celery-defer"
+                )
+        self._schema_checked = True
+
+    @_translated
+    def schema_version(self) -> int | None:
+        """The stored schema version, or None when the schema is absent."""
+        if not inspect(self.engine).has_table(schema_info.name):
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(select(schema_info.c.version)).scalar()
+
+    # -- task side --------------------------------------------------------
+
+    @_translated
+    def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
+        now = utcnow()
+        timeout_at = to_naive_utc(deferral.timeout_at) if deferral.timeout_at else None
+        with self._begin() as conn:
+            trigger_id = conn.execute(
+                insert(triggers).values(
+                    classpath=deferral.trigger_classpath,
+                    kwargs=deferral.trigger_kwargs,
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]
+            previous = conn.execute(
+                select(deferrals.c.generation)
+                .where(deferrals.c.task_id == deferral.task_id)
+                .with_for_update()
+            ).scalar()
+            values = dict(
+                task_name=deferral.task_name,
+                trigger_id=trigger_id,
+                method=deferral.method,
+                kwargs=deferral.kwargs,
+                request=deferral.request,
+                state=DEFERRED,
+                outcome=None,
+                timeout_at=timeout_at,
+                updated_at=now,
+            )
+            if previous is None:
+                generation = 1
+                conn.execute(
+                    insert(deferrals).values(
+                        task_id=deferral.task_id, generation=1, created_at=now, **values
+                    )
+                )
+            else:
+                generation = previous + 1
+                conn.execute(
+                    update(deferrals)
+                    .where(deferrals.c.task_id == deferral.task_id)
+                    .values(generation=generation, **values)
+                )
+        return StoredDeferral(trigger_id=int(trigger_id), generation=generation)
+
+    @_translated
+    def begin_resume(self, task_id: str, generation: int) -> bool:
+        with self._begin() as conn:
+            claimed = conn.execute(
+                update(deferrals)
+                .where(
+                    deferrals.c.task_id == task_id,
+                    deferrals.c.generation == generation,
+                    deferrals.c.state.in_((FIRING, RESUMED)),
+                )
+                .values(state=RUNNING, updated_at=utcnow())
+            ).rowcount
+        return bool(claimed == 1)
+
+    @_translated
+    def reopen_resume(self, task_id: str, generation: int) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                update(deferrals)
+                .where(
+                    deferrals.c.task_id == task_id,
+                    deferrals.c.generation == generation,
+                    deferrals.c.state == RUNNING,
+                )
+                .values(state=RESUMED, updated_at=utcnow())
+            )
+
+    @_translated
+    def finish(self, task_id: str, generation: int) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                delete(deferrals).where(
+                    deferrals.c.task_id == task_id,
+                    deferrals.c.generation == generation,
+                    deferrals.c.state == RUNNING,
+                )
+            )
+
+    # -- triggerers -------------------------------------------------------
+
+    @_translated
+    def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
+        now = utcnow()
+        with self._begin() as conn:
+            conn.execute(
+                insert(triggerers).values(
+                    id=triggerer_id, host=host, pid=pid, capacity=capacity,
+                    started_at=now, heartbeat_at=now,
+                )
+            )
+
+    @_translated
+    def heartbeat(self, triggerer_id: str) -> bool:
+        with self._begin() as conn:
+            found = conn.execute(
+                update(triggerers)
+                .where(triggerers.c.id == triggerer_id)
+                .values(heartbeat_at=utcnow())
+            ).rowcount
+        return bool(found == 1)
+
+    @_translated
+    def unregister_triggerer(self, triggerer_id: str) -> int:
+        with self._begin() as conn:
+            released = conn.execute(
+                update(triggers)
+                .where(triggers.c.triggerer_id == triggerer_id)
+                .values(triggerer_id=None)
+            ).rowcount
+            conn.execute(delete(triggerers).where(triggerers.c.id == triggerer_id))
+        return int(released)
+
+    @_translated
+    def release_triggers(self, triggerer_id: str, trigger_ids: Sequence[int]) -> None:
+        if not trigger_ids:
+            return
+        with self._begin() as conn:
+            conn.execute(
+                update(triggers)
+                .where(triggers.c.triggerer_id == triggerer_id, triggers.c.id.in_(trigger_ids))
+                .values(triggerer_id=None)
+            )
+
+    @_translated
+    def claim_triggers(
+        self, triggerer_id: str, limit: int, health_timeout: float
+    ) -> list[ClaimedTrigger]:
+        if limit <= 0:
+            return []
+        cutoff = utcnow() - timedelta(seconds=health_timeout)
+        with self._begin() as conn:
+            # Reap silent triggerers first, so the claim itself only has to
+            # look at unowned rows (an indexed IS NULL, not an anti-join).
+            dead = conn.execute(
+                select(triggerers.c.id).where(triggerers.c.heartbeat_at < cutoff)
+            ).scalars().all()
+            if dead:
+                logger.warning("taking over the triggers of silent triggerers %s", dead,
+                               extra={"dead_triggerers": dead})
+                conn.execute(
+                    update(triggers)
+                    .where(triggers.c.triggerer_id.in_(dead))
+                    .values(triggerer_id=None)
+                )
+                conn.execute(delete(triggerers).where(triggerers.c.id.in_(dead)))
+            rows = conn.execute(
+                select(triggers.c.id, triggers.c.classpath, triggers.c.kwargs)
+                .where(triggers.c.triggerer_id.is_(None))
+                .order_by(triggers.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                conn.execute(
+                    update(triggers)
+                    .where(triggers.c.id.in_([row.id for row in rows]))
+                    .values(triggerer_id=triggerer_id)
+                )
+        return [ClaimedTrigger(id=int(r.id), classpath=r.classpath, kwargs=r.kwargs) for r in rows]
+
+    @_translated
+    def held_trigger_ids(self, triggerer_id: str) -> set[int]:
+        with self._begin() as conn:
+            ids = conn.execute(
+                select(triggers.c.id).where(triggers.c.triggerer_id == triggerer_id)
+            ).scalars()
+            return {int(i) for i in ids}
+
+    # -- firing and resuming ----------------------------------------------
+
+    @_translated
+    def fire(self, outcomes: Sequence[TriggerOutcome]) -> list[ResumeOrder]:
+        if not outcomes:
+            return []
+        by_trigger = {o.trigger_id: o.outcome for o in outcomes}
+        now = utcnow()
+        orders: list[ResumeOrder] = []
+        with self._begin() as conn:
+            waiting = conn.execute(
+                select(deferrals.c.task_id, deferrals.c.trigger_id)
+                .where(
+                    deferrals.c.trigger_id.in_(list(by_trigger)),
+                    deferrals.c.state == DEFERRED,
+                )
+                .order_by(deferrals.c.task_id)
+                .with_for_update()
+            ).all()
+            for row in waiting:
+                conn.execute(
+                    update(deferrals)
+                    .where(deferrals.c.task_id == row.task_id, deferrals.c.state == DEFERRED)
+                    .values(
+                        state=FIRING,
+                        outcome=by_trigger[row.trigger_id],
+                        trigger_id=None,
+                        updated_at=now,
+                    )
+                )
+            if waiting:
+                orders = [
+                    _order(r)
+                    for r in conn.execute(
+                        select(*_ORDER_COLUMNS).where(
+                            deferrals.c.task_id.in_([w.task_id for w in waiting])
+                        )
+                    )
+                ]
+            conn.execute(delete(triggers).where(triggers.c.id.in_(list(by_trigger))))
+        return orders
+
+    @_translated
+    def mark_resumed(self, orders: Sequence[ResumeOrder]) -> None:
+        if not orders:
+            return
+        now = utcnow()
+        with self._begin() as conn:
+            for order in orders:
+                conn.execute(
+                    update(deferrals)
+                    .where(
+                        deferrals.c.task_id == order.task_id,
+                        deferrals.c.generation == order.generation,
+                        deferrals.c.state == FIRING,
+                    )
+                    .values(state=RESUMED, updated_at=now)
+                )
+
+    @_translated
+    def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
+        moment = to_naive_utc(now)
+        with self._begin() as conn:
+            due = conn.execute(
+                select(*_ORDER_COLUMNS)
+                .where(deferrals.c.state == DEFERRED, deferrals.c.timeout_at < moment)
+                .order_by(deferrals.c.timeout_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in due:
+                conn.execute(
+                    update(deferrals)
+                    .where(deferrals.c.task_id == row.task_id, deferrals.c.state == DEFERRED)
+                    .values(state=FIRING, outcome=outcome, trigger_id=None, updated_at=utcnow())
+                )
+        return [
+            ResumeOrder(
+                task_id=r.task_id, task_name=r.task_name, generation=r.generation,
+                method=r.method, kwargs=r.kwargs, request=r.request, outcome=outcome,
+            )
+            for r in due
+        ]
+
+    @_translated
+    def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        moment = to_naive_utc(older_than)
+        with self._begin() as conn:
+            stuck = conn.execute(
+                select(*_ORDER_COLUMNS)
+                .where(deferrals.c.state == FIRING, deferrals.c.updated_at < moment)
+                .order_by(deferrals.c.updated_at)
+                .limit(limit)
+            ).all()
+        return [_order(r) for r in stuck]
+
+    @_translated
+    def delete_unused_triggers(self) -> int:
+        needed = exists().where(deferrals.c.trigger_id == triggers.c.id)
+        with self._begin() as conn:
+            return int(conn.execute(delete(triggers).where(~needed)).rowcount)
+
+    # -- inspection -------------------------------------------------------
+
+    @_translated
+    def get_deferral(self, task_id: str) -> DeferralInfo | None:
+        with self._begin() as conn:
+            row = conn.execute(select(deferrals).where(deferrals.c.task_id == task_id)).first()
+        if row is None:
+            return None
+        return DeferralInfo(
+            task_id=row.task_id,
+            task_name=row.task_name,
+            state=row.state,
+            generation=row.generation,
+            method=row.method,
+            trigger_id=row.trigger_id,
+            timeout_at=row.timeout_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # Autocommit at the driver level, so that ``_begin_immediate`` controls
+    # when transactions start (pysqlite's implicit BEGIN is DEFERRED, which
+    # lets two writers deadlock on the read-to-write lock upgrade).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

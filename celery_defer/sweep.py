@@ -1,0 +1,103 @@
+"""The beat sweep: timeouts, stranded resumes, unused triggers.
+
+Run by celery beat as the task ``celery_defer.sweep`` every
+``defer_sweep_interval`` seconds (:func:`install` adds the entry). Each step
+claims before it acts (a conditional ``UPDATE ... WHERE state='deferred'``
+in the store), so two sweeps running at once never both act on a deferral.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from celery_defer import resume
+from celery_defer.settings import DEFAULTS, Settings
+from celery_defer.store import ResumeOrder, store_for
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+SWEEP_TASK_NAME = "celery_defer.sweep"
+
+#: Deferrals handled per store round trip; a sweep makes at most _MAX_ROUNDS.
+_BATCH = 500
+_MAX_ROUNDS = 20
+
+TIMEOUT_MESSAGE = "the deferral timed out before its trigger fired"
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did."""
+
+    timed_out: int
+    republished: int
+    triggers_deleted: int
+
+
+def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
+    """Fail timed-out deferrals, re-send stranded resumes, delete unused triggers."""
+    store = store_for(app)
+    settings = Settings.from_app(app)
+    now = now or datetime.now(timezone.utc)
+    timed_out = republished = 0
+    outcome = resume.error_outcome("timeout", TIMEOUT_MESSAGE)
+    for _ in range(_MAX_ROUNDS):
+        orders = store.claim_timed_out(now, outcome, _BATCH)
+        timed_out += len(orders)
+        _publish(app, orders)
+        if len(orders) < _BATCH:
+            break
+    # A row left in 'firing' this long lost its publisher (a triggerer died
+    # between storing the event and sending the resume): send it again. A
+    # duplicate is harmless, the worker runs one generation once.
+    stuck = store.stuck_firing(now - timedelta(seconds=settings.triggerer_health_timeout), _BATCH)
+    republished = len(stuck)
+    _publish(app, stuck)
+    deleted = store.delete_unused_triggers()
+    report = SweepReport(timed_out=timed_out, republished=republished, triggers_deleted=deleted)
+    if timed_out or republished or deleted:
+        logger.info("sweep: %s", report, extra=asdict(report))
+    return report
+
+
+def _publish(app: Celery, orders: list[ResumeOrder]) -> None:
+    if not orders:
+        return
+    # Publish from a fresh thread: inside the sweep task, send_task would
+    # otherwise take the sweep as the parent of every resumed task
+    # (celery/app/base.py send_task reads current_worker_task, thread-local).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-defer-sweep") as pool:
+        sent = pool.submit(resume.publish, app, orders).result()
+    store_for(app).mark_resumed(sent)
+
+
+def install(app: Celery) -> None:
+    """Set celery-defer up on ``app``: settings defaults, the sweep task, its beat entry.
+
+    Call it once where the app is defined, so that the worker, beat and the
+    triggerer all see it. The beat entry uses ``defer_sweep_interval``, read
+    when the app is configured.
+    """
+    app.add_defaults({key: value for key, value in DEFAULTS.items()})
+
+    @app.task(name=SWEEP_TASK_NAME, bind=True, ignore_result=True, shared=False)
+    def sweep_task(self: Any) -> dict[str, int]:
+        return asdict(sweep(self.app))
+
+    def add_entry(**_: Any) -> None:
+        interval = Settings.from_app(app).sweep_interval
+        app.add_periodic_task(interval, app.signature(SWEEP_TASK_NAME), name=SWEEP_TASK_NAME,
+                              expires=interval)
+
+    if app.configured:
+        add_entry()
+    else:
+        # Connected before configuration, so it runs (celery #3589).
+        app.on_after_configure.connect(add_entry, weak=False)

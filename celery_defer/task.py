@@ -1,0 +1,219 @@
+"""The worker side: :class:`DeferrableTask`.
+
+Celery's tracer (celery/app/trace.py, ``build_tracer``) calls ``task(*args)``
+instead of ``task.run`` when a task class overrides ``__call__``, with the
+live request already pushed. That makes ``__call__`` the one place that sees
+every execution: it catches :class:`TaskDeferred` from any depth, stores the
+deferral, writes the ``DEFERRED`` state and raises ``celery.exceptions.Ignore``
+— which makes the tracer skip ``mark_as_done`` (no chord count), callbacks,
+the chain step, ``on_success`` and the success/failure signals, and ack the
+message, so the worker slot is free.
+
+A resume is the same task id re-sent with the :data:`~celery_defer.resume.RESUME_HEADER`
+header; ``__call__`` checks the deferral's generation in the store (a stale or
+duplicate message is dropped) and calls the stored method on this fresh
+instance with the trigger's event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Ignore, Retry
+
+from celery_defer import notices, serialization
+from celery_defer.exceptions import (
+    InvalidDeferral,
+    StoreError,
+    TaskDeferred,
+    TriggerFailed,
+    TriggerTimeout,
+)
+from celery_defer.resume import FAIL_METHOD, RESUME_HEADER, snapshot_request
+from celery_defer.settings import Settings
+from celery_defer.store import NewDeferral, store_for
+from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.execution import first_event
+from celery_defer.validation import EVENT_KWARG, check_deferral, check_method
+
+logger = logging.getLogger(__name__)
+
+#: The custom task state shown by ``AsyncResult.state`` while a task is deferred.
+DEFERRED = "DEFERRED"
+
+_ERRORS = {"timeout": TriggerTimeout, "failed": TriggerFailed}
+
+
+class DeferrableTask(Task):  # type: ignore[misc]
+    """A Celery task that can hand its wait to a trigger and leave the worker.
+
+    Subclass it, or use ``@app.task(base=DeferrableTask, bind=True)``. Inside
+    the task, :meth:`defer` (or raising :class:`TaskDeferred` at any depth)
+    ends this execution without success or failure; when the trigger fires,
+    a fresh instance runs ``method_name(**kwargs, event=TriggerEvent)`` under
+    the original task id. Everything configurable lives in the ``defer_*``
+    settings, not on the class.
+    """
+
+    def defer(
+        self,
+        trigger: BaseTrigger,
+        method_name: str = "run",
+        kwargs: dict[str, Any] | None = None,
+        timeout: Any = None,
+    ) -> NoReturn:
+        """Suspend the task until ``trigger`` fires (or ``timeout`` passes).
+
+        ``timeout`` is a :class:`~datetime.timedelta` or seconds; when it
+        passes first, the task fails with :class:`TriggerTimeout`.
+        """
+        raise TaskDeferred(trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.is_eager or request.called_directly:
+            return self._call_inline(args, kwargs)
+        header = _resume_header(request)
+        try:
+            if header is None:
+                return super().__call__(*args, **kwargs)
+            return self._resume(header, kwargs)
+        except TaskDeferred as deferred:
+            self._defer(deferred)
+
+    # -- deferring --------------------------------------------------------
+
+    def _defer(self, deferred: TaskDeferred) -> NoReturn:
+        settings = Settings.from_app(self.app)
+        checked = check_deferral(self, deferred, settings.max_kwargs_bytes)
+        request = self.request
+        task_id = request.id
+        # DEFERRED is written before the deferral is visible to triggerers:
+        # a trigger that fires at once must never see its final state
+        # overwritten by a late DEFERRED (Airflow #21316).
+        if not request.ignore_result and not self.ignore_result:
+            self.update_state(
+                task_id=task_id,
+                state=DEFERRED,
+                meta={
+                    "trigger": checked.trigger_classpath,
+                    "method": checked.method,
+                    "deferred_at": datetime.now(timezone.utc).isoformat(),
+                    "timeout_at": checked.timeout_at.isoformat() if checked.timeout_at else None,
+                },
+            )
+        stored = store_for(self.app).save_deferral(
+            NewDeferral(
+                task_id=task_id,
+                task_name=self.name,
+                method=checked.method,
+                kwargs=checked.kwargs,
+                request=snapshot_request(self, request),
+                trigger_classpath=checked.trigger_classpath,
+                trigger_kwargs=checked.trigger_kwargs,
+                timeout_at=checked.timeout_at,
+            )
+        )
+        notices.announce_trigger(self.app, stored.trigger_id)
+        logger.info(
+            "task %s[%s] deferred on %s (generation %s)",
+            self.name, task_id, checked.trigger_classpath, stored.generation,
+            extra={"task_id": task_id, "trigger_id": stored.trigger_id,
+                   "generation": stored.generation},
+        )
+        raise Ignore()
+
+    # -- resuming ---------------------------------------------------------
+
+    def _resume(self, header: dict[str, Any], message_kwargs: dict[str, Any]) -> Any:
+        task_id = self.request.id
+        generation = header.get("generation")
+        method_name = header.get("method")
+        if not isinstance(generation, int) or not isinstance(method_name, str):
+            raise InvalidDeferral(f"malformed {RESUME_HEADER} header: {header!r}")
+        store = store_for(self.app)
+        if not store.begin_resume(task_id, generation):
+            logger.warning(
+                "dropping a stale or duplicate resume of task %s[%s] (generation %s)",
+                self.name, task_id, generation,
+                extra={"task_id": task_id, "generation": generation},
+            )
+            raise Ignore()
+        try:
+            outcome = serialization.decode(header.get("outcome"))
+            result = self._run_method(method_name, message_kwargs, outcome)
+        except TaskDeferred:
+            raise  # stored again as the next generation by _defer
+        except Retry:
+            # self.retry() re-sends this very resume; let it claim again.
+            _quietly(store.reopen_resume, task_id, generation)
+            raise
+        except BaseException:
+            _quietly(store.finish, task_id, generation)
+            raise
+        _quietly(store.finish, task_id, generation)
+        return result
+
+    def _run_method(self, method_name: str, message_kwargs: dict[str, Any], outcome: Any) -> Any:
+        if not isinstance(outcome, dict):
+            raise TriggerFailed(f"resume of {self.name} carries no outcome")
+        error = outcome.get("error")
+        if method_name == FAIL_METHOD or error is not None:
+            error = error or {}
+            raise _ERRORS.get(error.get("kind"), TriggerFailed)(error.get("message"))
+        check_method(self, method_name)
+        kwargs = serialization.decode(message_kwargs)
+        event = TriggerEvent(outcome.get("event"))
+        return getattr(self, method_name)(**kwargs, **{EVENT_KWARG: event})
+
+    # -- eager mode -------------------------------------------------------
+
+    def _call_inline(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Eager mode (``task_always_eager``, ``.apply()``, a direct call).
+
+        There is no worker to come back to, so the trigger runs right here
+        and the task resumes at once: users' unit tests need no triggerer.
+        """
+        settings = Settings.from_app(self.app)
+        try:
+            return super().__call__(*args, **kwargs)
+        except TaskDeferred as first:
+            deferred = first
+        while True:
+            checked = check_deferral(self, deferred, settings.max_kwargs_bytes)
+            timeout = None
+            if checked.timeout_at is not None:
+                timeout = (checked.timeout_at - datetime.now(timezone.utc)).total_seconds()
+            event = _run_trigger_inline(deferred.trigger, timeout)
+            method_kwargs = serialization.loads(checked.kwargs, where="kwargs")
+            try:
+                return getattr(self, checked.method)(**method_kwargs, **{EVENT_KWARG: event})
+            except TaskDeferred as again:
+                deferred = again
+
+
+def _run_trigger_inline(trigger: BaseTrigger, timeout: float | None) -> TriggerEvent:
+    try:
+        return asyncio.run(asyncio.wait_for(first_event(trigger), timeout))
+    except asyncio.TimeoutError:
+        raise TriggerTimeout(f"trigger {type(trigger).__name__} did not fire within the timeout")
+
+
+def _resume_header(request: Any) -> dict[str, Any] | None:
+    header = (request.headers or {}).get(RESUME_HEADER) if request.headers else None
+    if header is None:
+        header = getattr(request, RESUME_HEADER, None)
+    return header if isinstance(header, dict) else None
+
+
+def _quietly(operation: Any, task_id: str, generation: int) -> None:
+    """Bookkeeping after the method ran must not change the task's outcome."""
+    try:
+        operation(task_id, generation)
+    except StoreError:
+        logger.exception("could not record the end of resumed task %s", task_id,
+                         extra={"task_id": task_id, "generation": generation})

@@ -1,0 +1,260 @@
+"""The triggerer's event loop: claim triggers, run them, fire their tasks.
+
+Structure (after procrastinate's worker): one coroutine per trigger, plus
+named side tasks — the claim loop (woken by new-trigger notices, by a freed
+slot, or by its periodic scan), the heartbeat, and the fire loop that stores
+outcomes and publishes resumes in batches. The store is synchronous, so its
+calls run on a small thread pool and never block the loop.
+
+Per-loop work does not grow with the number of triggers held: timers sleep
+on the loop's own timer heap, the claim is one indexed query, and the only
+O(held) step (reconciling with the store) runs once per health timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from celery_defer import resume, serialization
+from celery_defer.exceptions import SerializationError, StoreError, TriggerFailed
+from celery_defer.settings import Settings
+from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
+from celery_defer.triggers.base import BaseTrigger
+from celery_defer.triggers.execution import first_event
+from celery_defer.validation import resolve_trigger_class
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger("celery_defer.triggerer")
+
+T = TypeVar("T")
+
+
+class TriggerRunner:
+    """Runs up to ``capacity`` triggers on the current event loop until stopped."""
+
+    def __init__(
+        self, app: Celery, store: Store, triggerer_id: str, capacity: int, host: str, pid: int
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.settings = Settings.from_app(app)
+        self.triggerer_id = triggerer_id
+        self.capacity = capacity
+        self.host = host
+        self.pid = pid
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self._outcomes: list[TriggerOutcome] = []
+        self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-defer-db")
+        # Since Python 3.10 these bind to the loop on first use, not here.
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._outcome_ready = asyncio.Event()
+        self.registered: Callable[[], None] = lambda: None
+
+    # -- control, callable from the loop thread ----------------------------
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (idempotent)."""
+        self._stop.set()
+
+    def wake(self) -> None:
+        """Claim now rather than at the next scan (a notice arrived)."""
+        self._wake.set()
+
+    # -- main -------------------------------------------------------------
+
+    async def main(self) -> None:
+        """Register, run until :meth:`request_stop`, then shut down cleanly."""
+        try:
+            if not await self._register():
+                return
+            self.registered()
+            side = [
+                asyncio.create_task(self._claim_loop(), name="claim"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._fire_loop(), name="fire"),
+            ]
+            await self._stop.wait()
+            for task in side[:2]:
+                task.cancel()
+            await self._cancel_triggers(list(self.running))
+            side[2].cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            await self._flush()  # events that arrived before the stop
+            released = await self._call(self.store.unregister_triggerer, self.triggerer_id)
+            logger.info("triggerer %s stopped; handed back %d triggers",
+                        self.triggerer_id, released, extra={"triggerer_id": self.triggerer_id})
+        except StoreError as exc:
+            logger.error("triggerer %s could not hand its triggers back (%s); another triggerer "
+                         "takes them after defer_triggerer_health_timeout",
+                         self.triggerer_id, exc)
+        finally:
+            self._db.shutdown(wait=False, cancel_futures=True)
+
+    async def _register(self) -> bool:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                await self._call(self.store.register_triggerer, self.triggerer_id,
+                                 self.host, self.pid, self.capacity)
+                logger.info("triggerer %s running, capacity %d", self.triggerer_id,
+                            self.capacity, extra={"triggerer_id": self.triggerer_id})
+                return True
+            except StoreError as exc:
+                logger.warning("cannot register with the store (%s); retrying in %.1fs",
+                               exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        return False
+
+    # -- claiming ---------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        scan = self.settings.triggerer_heartbeat
+        while True:
+            free = self.capacity - len(self.running)
+            if free > 0:
+                try:
+                    claimed = await self._call(self.store.claim_triggers, self.triggerer_id,
+                                               free, self.settings.triggerer_health_timeout)
+                except StoreError as exc:
+                    logger.warning("claiming triggers failed: %s", exc)
+                    claimed = []
+                for row in claimed:
+                    self._start(row)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=scan)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _start(self, row: ClaimedTrigger) -> None:
+        try:
+            trigger_class = resolve_trigger_class(row.classpath)
+            trigger: BaseTrigger = trigger_class(**serialization.loads(row.kwargs,
+                                                                       where="trigger kwargs"))
+        except Exception as exc:
+            message = f"trigger {row.classpath} could not be rebuilt: {exc}"
+            logger.error(message, extra={"trigger_id": row.id})
+            self._submit(TriggerOutcome(row.id, resume.error_outcome("failed", message)))
+            return
+        logger.debug("running trigger %s: %r", row.id, trigger, extra={"trigger_id": row.id})
+        self.running[row.id] = asyncio.create_task(self._run(row.id, trigger),
+                                                   name=f"trigger-{row.id}")
+
+    async def _run(self, trigger_id: int, trigger: BaseTrigger) -> None:
+        try:
+            event = await first_event(trigger)
+            try:
+                outcome = resume.event_outcome(event.payload)
+            except SerializationError as exc:
+                raise TriggerFailed(
+                    f"{type(trigger).__name__} yielded a payload that cannot be stored: {exc}"
+                ) from exc
+            logger.info("trigger %s fired", trigger_id, extra={"trigger_id": trigger_id})
+        except TriggerFailed as exc:
+            logger.warning("trigger %s failed: %s", trigger_id, exc,
+                           extra={"trigger_id": trigger_id})
+            outcome = resume.error_outcome("failed", str(exc))
+        finally:
+            self.running.pop(trigger_id, None)
+            self._wake.set()  # a slot is free
+        self._submit(TriggerOutcome(trigger_id, outcome))
+
+    async def _cancel_triggers(self, trigger_ids: list[int]) -> None:
+        tasks = [self.running[i] for i in trigger_ids if i in self.running]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+    # -- firing -----------------------------------------------------------
+
+    def _submit(self, outcome: TriggerOutcome) -> None:
+        self._outcomes.append(outcome)
+        self._outcome_ready.set()
+
+    async def _fire_loop(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Store every pending outcome in one transaction, then publish the resumes."""
+        backoff = 0.2
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                orders = await self._call(self.store.fire, batch)
+            except StoreError as exc:
+                self._outcomes[:0] = batch  # keep them: nothing may be lost
+                logger.warning("storing %d trigger events failed (%s); retrying in %.1fs",
+                               len(batch), exc, backoff)
+                if self._stop.is_set():
+                    return  # unreleased triggers are re-run by the next triggerer
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            sent = await self._call(resume.publish, self.app, orders)
+            if sent:
+                try:
+                    await self._call(self.store.mark_resumed, sent)
+                except StoreError as exc:
+                    # Harmless: the rows stay 'firing', the worker accepts
+                    # the resume from that state, the sweep may send it
+                    # again, and the worker drops the duplicate.
+                    logger.warning("recording %d published resumes failed: %s", len(sent), exc)
+
+    # -- heartbeat and reconciliation --------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.triggerer_heartbeat
+        reconcile_every = max(1, int(self.settings.triggerer_health_timeout // interval))
+        beats = 0
+        while True:
+            await asyncio.sleep(interval)
+            beats += 1
+            try:
+                alive = await self._call(self.store.heartbeat, self.triggerer_id)
+                if not alive:
+                    await self._rejoin()
+                elif beats % reconcile_every == 0:
+                    await self._reconcile()
+            except StoreError as exc:
+                logger.warning("heartbeat failed: %s", exc)
+
+    async def _rejoin(self) -> None:
+        """We were declared dead (a long stall): our triggers now belong to others."""
+        logger.error("triggerer %s was declared dead; dropping its %d triggers and rejoining",
+                     self.triggerer_id, len(self.running))
+        await self._cancel_triggers(list(self.running))
+        await self._call(self.store.register_triggerer, self.triggerer_id,
+                         self.host, self.pid, self.capacity)
+        self._wake.set()
+
+    async def _reconcile(self) -> None:
+        """Stop triggers the store no longer has (their deferrals timed out or went away)."""
+        candidates = set(self.running)
+        held = await self._call(self.store.held_trigger_ids, self.triggerer_id)
+        gone = [i for i in candidates - held if i in self.running]
+        if gone:
+            logger.info("stopping %d triggers no task waits for", len(gone))
+            await self._cancel_triggers(gone)
+
+    # -- helpers ----------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,143 @@
+"""The embeddable :class:`Triggerer`: a uvloop event loop running triggers.
+
+``run()`` blocks (the CLI uses it, with SIGTERM/SIGINT handled as a clean
+stop); ``start()`` runs the same loop in a background thread for embedding
+and tests; ``stop()`` cancels every trigger (each one's ``cleanup()`` runs),
+stores the events that already arrived and hands the remaining triggers back
+so another triggerer can take them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from celery_defer.exceptions import ConfigurationError, CeleryDeferError
+from celery_defer.notices import NoticeListener
+from celery_defer.settings import Settings
+from celery_defer.store import store_for
+from celery_defer.triggerer.runner import TriggerRunner
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger("celery_defer.triggerer")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed (not on Windows), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+class Triggerer:
+    """Runs triggers for ``app`` until stopped; see the module docstring."""
+
+    def __init__(self, app: Celery, capacity: int | None = None) -> None:
+        settings = Settings.from_app(app)
+        if capacity is None:
+            capacity = settings.triggerer_capacity
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+            raise ConfigurationError(f"capacity must be a positive integer, got {capacity!r}")
+        self.app = app
+        self.capacity = capacity
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: TriggerRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def running_triggers(self) -> int:
+        """How many triggers this triggerer is running now."""
+        return len(self._runner.running) if self._runner else 0
+
+    def run(self) -> None:
+        """Run until stopped (``stop()``, SIGTERM or SIGINT); blocks."""
+        loop = new_event_loop()
+        runner = TriggerRunner(self.app, store_for(self.app), self.id, self.capacity,
+                               socket.gethostname(), os.getpid())
+        runner.registered = self._ready.set
+        listener = NoticeListener(self.app, lambda: loop.call_soon_threadsafe(runner.wake))
+        self._loop, self._runner = loop, runner
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        try:
+            asyncio.set_event_loop(loop)
+            if in_main_thread:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(signum, runner.request_stop)
+            listener.start()
+            loop.run_until_complete(runner.main())
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            listener.stop()
+            if in_main_thread:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+            self._loop = None
+            self._done.set()
+            self._ready.set()
+            listener.join(timeout=5)
+
+    def start(self, timeout: float = 30.0) -> Triggerer:
+        """Run in a background thread; returns once registered with the store."""
+        if self._thread is not None:
+            raise CeleryDeferError("this Triggerer was already started")
+        self._thread = threading.Thread(target=self._run_quietly, name="celery-defer-triggerer",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise CeleryDeferError(f"the triggerer did not start within {timeout}s")
+        if self._error is not None:
+            raise CeleryDeferError(f"the triggerer failed to start: {self._error}")
+        return self
+
+    def _run_quietly(self) -> None:
+        try:
+            self.run()
+        except BaseException:
+            logger.exception("triggerer %s crashed", self.id)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop cleanly: cleanup() every trigger, hand the rest back; thread-safe."""
+        loop, runner = self._loop, self._runner
+        if loop is not None and runner is not None and not self._done.is_set():
+            try:
+                loop.call_soon_threadsafe(runner.request_stop)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Triggerer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Triggerer {self.id} capacity={self.capacity}>"
