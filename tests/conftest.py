@@ -115,3 +115,25 @@ def amqp_url() -> str:
 # ---------------------------------------------------------------------------------------------
 # End of real-service fixtures.
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process apps (see tests/inprocess.py)
+# ---------------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from celery import Celery  # noqa: E402
+from inprocess import make_app  # noqa: E402
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """A SQLite store in the test's own directory."""
+    return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+
+
+@pytest.fixture
+def app(store_url: str) -> Celery:
+    """A fresh app on the memory transport and a SQLite store (tasks are added by the test)."""
+    return make_app(store_url)

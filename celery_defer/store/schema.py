@@ -54,6 +54,9 @@ triggers = Table(
     Column("kwargs", Text, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("triggerer_id", String(64), nullable=True, index=True),
+    # Never reuse an id: a late outcome or notice for a deleted trigger must
+    # not land on a new one (SQLite reuses the highest rowid otherwise).
+    sqlite_autoincrement=True,
 )
 
 deferrals = Table(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -97,10 +98,17 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# The error must name one of our tables: "does not exist" alone also covers a
+# missing database, whose name may well contain "defer_".
+_MISSING_TABLE = re.compile(
+    r"no such table: (?:\w+\.)?defer_"  # SQLite
+    r"|relation \"(?:\w+\.)?defer_\w+\" does not exist"  # PostgreSQL
+    r"|table '(?:[^']*\.)?defer_\w+' doesn't exist"  # MySQL, MariaDB
+)
+
+
 def _is_missing_table(exc: SQLAlchemyError) -> bool:
-    text = str(exc).lower()
-    return "defer_" in text and ("no such table" in text or "does not exist" in text
-                                 or "doesn't exist" in text)
+    return _MISSING_TABLE.search(str(exc).lower()) is not None
 
 
 def _order(row: Any) -> ResumeOrder:

@@ -135,6 +135,8 @@ class TriggerRunner:
             self._wake.clear()
 
     def _start(self, row: ClaimedTrigger) -> None:
+        if row.id in self.running:
+            return  # already ours and running (claimed again after a rejoin)
         try:
             trigger_class = resolve_trigger_class(row.classpath)
             trigger: BaseTrigger = trigger_class(**serialization.loads(row.kwargs,

@@ -31,7 +31,7 @@ async def first_event(trigger: BaseTrigger) -> TriggerEvent:
     """
     name = describe(trigger)
     try:
-        stream = trigger.run()
+        stream: object = trigger.run()
         if inspect.iscoroutine(stream):
             stream.close()
             raise TriggerFailed(
@@ -42,15 +42,14 @@ async def first_event(trigger: BaseTrigger) -> TriggerEvent:
             raise TriggerFailed(
                 f"{name}.run() must be an async generator, it returned {type(stream).__name__}"
             )
-        try:
-            async for item in stream:
-                if not isinstance(item, TriggerEvent):
-                    raise TriggerFailed(
-                        f"{name} yielded {type(item).__name__}, not a TriggerEvent"
-                    )
-                return item
-        finally:
+        async for item in stream:
+            if not isinstance(item, TriggerEvent):
+                raise TriggerFailed(f"{name} yielded {type(item).__name__}, not a TriggerEvent")
+            # Only the first event counts; close the generator at its yield.
+            # (On every other exit the generator has already finished: an
+            # exception or a cancellation propagated out of it.)
             await stream.aclose()
+            return item
         raise TriggerFailed(f"{name} ended without yielding an event")
     except TriggerFailed:
         raise

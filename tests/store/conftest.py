@@ -1,0 +1,74 @@
+"""Fixtures of the store contract tests: a clean, empty database per test, on every backend.
+
+SQLite gets a fresh file in ``tmp_path``. PostgreSQL gets a schema of its own (named after
+this process, so that two test runs sharing one server never see each other's rows), dropped
+and recreated before each test and put first on the ``search_path`` of the URL the store is
+given: the store's unqualified table names land there, and a test starts with no tables at
+all, which is also what the "no schema yet" tests need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from celery_defer.store import SqlStore
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration),
+]
+
+MakeStore = Callable[..., SqlStore]
+
+
+@pytest.fixture(scope="session")
+def postgres_scratch(postgres_url: str) -> Iterator[tuple[sa.Engine, str, str]]:
+    """(admin engine, schema name, store URL whose search_path is that schema)."""
+    schema = f"celery_defer_store_{os.getpid()}"
+    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    admin = sa.create_engine(postgres_url)
+    yield admin, schema, url.render_as_string(hide_password=False)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The URL of an empty database (no tables) on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'defer.db'}"
+    admin, schema, url = request.getfixturevalue("postgres_scratch")
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    return str(url)
+
+
+@pytest.fixture
+def make_store() -> Iterator[MakeStore]:
+    """Build extra SqlStores (e.g. one per thread); all are closed after the test."""
+    stores: list[SqlStore] = []
+
+    def make(url: str, **options: Any) -> SqlStore:
+        store = SqlStore(url, **options)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(store_url: str, make_store: MakeStore) -> SqlStore:
+    """A store with its schema, on an otherwise empty database."""
+    store = make_store(store_url)
+    store.create_schema()
+    return store
