@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from celery_defer import resume
-from celery_defer.settings import DEFAULTS, Settings
+from celery_defer.settings import Settings
 from celery_defer.store import ResumeOrder, store_for
 
 if TYPE_CHECKING:
@@ -79,13 +79,18 @@ def _publish(app: Celery, orders: list[ResumeOrder]) -> None:
 
 
 def install(app: Celery) -> None:
-    """Set celery-defer up on ``app``: settings defaults, the sweep task, its beat entry.
+    """Set celery-defer up on ``app``: the sweep task and its beat entry.
 
     Call it once where the app is defined, so that the worker, beat and the
     triggerer all see it. The beat entry uses ``defer_sweep_interval``, read
     when the app is configured.
+
+    Defaults are deliberately not registered with ``app.add_defaults``: Celery
+    puts added defaults in front of the configuration loaded later by
+    ``config_from_object`` (celery/utils/collections.py ``ChainMap.add_defaults``
+    inserts at ``maps[1]``), so they would override the user's values.
+    :class:`~celery_defer.settings.Settings` applies the defaults itself.
     """
-    app.add_defaults({key: value for key, value in DEFAULTS.items()})
 
     @app.task(name=SWEEP_TASK_NAME, bind=True, ignore_result=True, shared=False)
     def sweep_task(self: Any) -> dict[str, int]:

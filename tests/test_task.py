@@ -105,47 +105,47 @@ class Live:
         self.nested = app.register_task(Nested())
         self.refused = app.register_task(Refused())
 
-        @app.task(base=DeferrableTask, bind=True, name="t.poll")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.poll")
         def poll(self: DeferrableTask, job: str, event: Any = None) -> Any:
             if event is None:
                 self.defer(trigger=SuccessTrigger(), kwargs={"job": job})
             return [job, event.payload]
 
-        @app.task(base=DeferrableTask, bind=True, name="t.sleepy")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.sleepy")
         def sleepy(self: DeferrableTask, n: int, event: Any = None) -> int:
             if event is None:
                 self.defer(trigger=seconds(2), kwargs={"n": n})
             return n
 
-        @app.task(base=DeferrableTask, bind=True, name="t.counter")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.counter")
         def counter(self: DeferrableTask, count: int = 0, event: Any = None) -> int:
             if count < 3:
                 self.defer(trigger=seconds(0.05), kwargs={"count": count + 1})
             return count
 
-        @app.task(base=DeferrableTask, bind=True, name="t.raw")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.raw")
         def raw(self: DeferrableTask, event: Any = None) -> str:
             if event is None:
                 raise TaskDeferred(SuccessTrigger(), kwargs={})
             return "raw"
 
-        @app.task(base=DeferrableTask, bind=True, name="t.doomed")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.doomed")
         def doomed(self: DeferrableTask, event: Any = None) -> None:
             self.defer(trigger=FailureTrigger())
 
-        @app.task(name="t.on_error")
+        @app.task(shared=False, name="t.on_error")
         def on_error(request: Any, exc: Exception, traceback: Any) -> None:
             self.errors.append(f"{request.id}:{type(exc).__name__}")
 
-        @app.task(base=DeferrableTask, bind=True, name="t.too_slow")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.too_slow")
         def too_slow(self: DeferrableTask, event: Any = None) -> None:
             self.defer(trigger=seconds(3600), timeout=timedelta(seconds=0.2))
 
-        @app.task(name="t.record")
+        @app.task(shared=False, name="t.record")
         def record(value: Any) -> None:
             self.calls.append(value)
 
-        @app.task(base=DeferrableTask, bind=True, name="t.linked")
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.linked")
         def linked(self: DeferrableTask, event: Any = None) -> str:
             if event is None:
                 self.defer(trigger=seconds(0.2))
@@ -253,7 +253,7 @@ def test_refusals_fail_the_task_and_store_nothing(live: Live, case: str) -> None
 def test_eager_mode_runs_the_trigger_inline(store_url: str) -> None:
     app = make_app(store_url, task_always_eager=True)
 
-    @app.task(base=DeferrableTask, bind=True, name="t.eager")
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.eager")
     def eager(self: DeferrableTask, n: int = 0, event: Any = None) -> Any:
         if n < 2:
             self.defer(trigger=seconds(0.01), kwargs={"n": n + 1})
@@ -267,11 +267,11 @@ def test_eager_mode_runs_the_trigger_inline(store_url: str) -> None:
 def test_eager_mode_fails_like_the_worker(store_url: str) -> None:
     app = make_app(store_url, task_always_eager=True)
 
-    @app.task(base=DeferrableTask, bind=True, name="t.eager_fail")
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.eager_fail")
     def eager_fail(self: DeferrableTask, event: Any = None) -> None:
         self.defer(trigger=FailureTrigger())
 
-    @app.task(base=DeferrableTask, bind=True, name="t.eager_timeout")
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.eager_timeout")
     def eager_timeout(self: DeferrableTask, event: Any = None) -> None:
         self.defer(trigger=seconds(60), timeout=0.05)
 

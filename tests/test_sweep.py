@@ -1,0 +1,90 @@
+"""The beat sweep: timeouts are covered in test_task.py; here the outbox and the beat entry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from inprocess import make_app
+
+import celery_defer
+from celery_defer import DeferrableTask
+from celery_defer.resume import event_outcome
+from celery_defer.store import FIRING, TriggerOutcome, store_for
+from celery_defer.sweep import SWEEP_TASK_NAME, sweep
+from celery_defer.testing import SuccessTrigger
+
+
+@pytest.fixture
+def worker_app(store_url: str) -> Iterator[Celery]:
+    app = make_app(store_url)
+
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.stranded")
+    def stranded(self: DeferrableTask, event: Any = None) -> Any:
+        if event is None:
+            self.defer(trigger=SuccessTrigger())
+        return event.payload
+
+    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False):
+        yield app
+
+
+def test_a_resume_stored_but_never_published_is_sent_by_the_sweep(worker_app: Celery) -> None:
+    """The triggerer died between storing the event and publishing: nothing is lost."""
+    store = store_for(worker_app)
+    result = worker_app.tasks["t.stranded"].delay()
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=5)
+    while (deferral := store.get_deferral(result.id)) is None:
+        assert datetime.now(timezone.utc) < deadline
+    assert deferral.trigger_id is not None
+    # What a triggerer does before it publishes (and then it is killed):
+    orders = store.fire([TriggerOutcome(deferral.trigger_id, event_outcome({"late": True}))])
+    assert [o.task_id for o in orders] == [result.id]
+    assert store.get_deferral(result.id).state == FIRING
+
+    assert sweep(worker_app).republished == 0  # too recent: its publisher may be alive
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    assert sweep(worker_app, now=later).republished == 1
+    assert result.get(timeout=10) == {"late": True}
+    assert store.get_deferral(result.id) is None
+
+
+def test_unused_triggers_are_deleted(worker_app: Celery) -> None:
+    store = store_for(worker_app)
+    result = worker_app.tasks["t.stranded"].delay()
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=5)
+    while (deferral := store.get_deferral(result.id)) is None:
+        assert datetime.now(timezone.utc) < deadline
+    assert sweep(worker_app).triggers_deleted == 0  # still needed
+    store.fire([TriggerOutcome(deferral.trigger_id, event_outcome(1))])  # deletes it
+    with store.engine.begin() as conn:  # plus an orphan, as a crashed writer could leave
+        conn.exec_driver_sql(
+            "INSERT INTO defer_triggers (classpath, kwargs, created_at) "
+            "VALUES ('celery_defer.testing.SuccessTrigger', '{}', '2026-01-01 00:00:00')"
+        )
+    assert sweep(worker_app).triggers_deleted == 1
+
+
+def test_install_adds_the_beat_entry_after_configuration(store_url: str) -> None:
+    app = Celery("beat_late", set_as_current=False)
+    celery_defer.install(app)
+    app.config_from_object({"defer_sweep_interval": 7.5, "defer_database_url": store_url})
+    entry = app.conf.beat_schedule[SWEEP_TASK_NAME]
+    assert entry["task"] == SWEEP_TASK_NAME
+    assert entry["schedule"] == 7.5
+    assert entry["options"]["expires"] == 7.5
+    assert SWEEP_TASK_NAME in app.tasks
+
+
+def test_install_on_a_configured_app(store_url: str) -> None:
+    app = make_app(store_url)  # make_app calls install() after configuring
+    entry = app.conf.beat_schedule[SWEEP_TASK_NAME]
+    assert entry["schedule"] == 0.5
+    report = app.tasks[SWEEP_TASK_NAME].apply().get()
+    assert json.loads(json.dumps(report)) == {"timed_out": 0, "republished": 0,
+                                              "triggers_deleted": 0}

@@ -1,0 +1,230 @@
+"""The triggerer in process: capacity, notices, clean stop, and triggers that break the contract.
+
+One worker serves the module; each test starts its own triggerer. The store scan runs only
+every 5 s here (``defer_triggerer_heartbeat``), so a test finishing in well under that proves
+the new-trigger notice woke the triggerer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from inprocess import make_app
+from sqlalchemy import update
+
+from celery_defer import DeferrableTask, TriggerFailed, Triggerer
+from celery_defer.exceptions import ConfigurationError
+from celery_defer.store import store_for
+from celery_defer.store.schema import triggers
+from celery_defer.testing import SuccessTrigger
+from celery_defer.triggers import BaseTrigger, TriggerEvent
+
+
+class ProbeTrigger(BaseTrigger):
+    """Counts how many probes run at once, then fires after ``hold`` seconds."""
+
+    lock = threading.Lock()
+    now = 0
+    peak = 0
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.ProbeTrigger", {"hold": self.hold})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        with ProbeTrigger.lock:
+            ProbeTrigger.now += 1
+            ProbeTrigger.peak = max(ProbeTrigger.peak, ProbeTrigger.now)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            with ProbeTrigger.lock:
+                ProbeTrigger.now -= 1
+        yield TriggerEvent("probed")
+
+
+class ForeverTrigger(BaseTrigger):
+    """Never fires; records its cleanup."""
+
+    cleaned: list[str] = []
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.ForeverTrigger", {"tag": self.tag})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.Event().wait()
+        yield TriggerEvent(None)  # pragma: no cover
+
+    async def cleanup(self) -> None:
+        ForeverTrigger.cleaned.append(self.tag)
+
+
+class ReturnsEvent(BaseTrigger):
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.ReturnsEvent", {})
+
+    async def run(self) -> TriggerEvent:  # type: ignore[override]  # the mistake under test
+        return TriggerEvent(1)
+
+
+class EndsEmpty(BaseTrigger):
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.EndsEmpty", {})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        return
+        yield  # pragma: no cover
+
+
+class YieldsJunk(BaseTrigger):
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.YieldsJunk", {})
+
+    async def run(self) -> AsyncIterator[Any]:
+        yield {"not": "an event"}
+
+
+class YieldsUnstorable(BaseTrigger):
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.YieldsUnstorable", {})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent(object())
+
+
+class NoSuperInit(SuccessTrigger):
+    def __init__(self) -> None:  # forgot super().__init__(): must still work
+        self.note = "no super"
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.NoSuperInit", {})
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
+    store = tmp_path_factory.mktemp("store") / "store.sqlite3"
+    app = make_app(f"sqlite:///{store}", defer_triggerer_heartbeat=5.0,
+                   defer_triggerer_health_timeout=30.0)
+
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.wait_on")
+    def wait_on(self: DeferrableTask, kind: str, arg: Any = None, event: Any = None) -> Any:
+        if event is None:
+            made = {
+                "probe": lambda: ProbeTrigger(arg),
+                "forever": lambda: ForeverTrigger(arg),
+                "success": SuccessTrigger,
+                "returns": ReturnsEvent,
+                "empty": EndsEmpty,
+                "junk": YieldsJunk,
+                "unstorable": YieldsUnstorable,
+                "no_super": NoSuperInit,
+            }[kind]()
+            self.defer(trigger=made, kwargs={"kind": kind, "arg": arg})
+        return event.payload
+
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+        yield app
+
+
+def wait_on(app: Celery) -> Any:
+    return app.tasks["t.wait_on"]
+
+
+def test_a_notice_wakes_the_triggerer_before_its_scan(app: Celery) -> None:
+    with Triggerer(app):
+        time.sleep(0.2)  # past the first scan: from here on only a notice can wake it
+        started = time.monotonic()
+        assert wait_on(app).delay("success").get(timeout=10) is True
+        assert time.monotonic() - started < 2.0
+
+
+def test_never_more_than_capacity_and_the_rest_wait_their_turn(app: Celery) -> None:
+    ProbeTrigger.peak = 0
+    with Triggerer(app, capacity=3):
+        results = [wait_on(app).delay("probe", 0.2) for _ in range(8)]
+        assert [r.get(timeout=20) for r in results] == ["probed"] * 8
+    assert ProbeTrigger.peak == 3
+
+
+def test_stop_cleans_up_and_hands_triggers_back(app: Celery) -> None:
+    store = store_for(app)
+    triggerer = Triggerer(app).start()
+    result = wait_on(app).delay("forever", "stop-test")
+    deadline = time.monotonic() + 5
+    while triggerer.running_triggers == 0:
+        assert time.monotonic() < deadline, "the triggerer never picked the trigger up"
+        time.sleep(0.02)
+    triggerer.stop()
+    assert "stop-test" in ForeverTrigger.cleaned
+    assert store.held_trigger_ids(triggerer.id) == set()
+    taken = store.claim_triggers("another-triggerer", 100, 30.0)
+    assert store.get_deferral(result.id).trigger_id in {t.id for t in taken}
+    store.unregister_triggerer("another-triggerer")
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("returns", r"ReturnsEvent.run\(\) is a coroutine function"),
+        ("empty", "EndsEmpty ended without yielding an event"),
+        ("junk", "YieldsJunk yielded dict, not a TriggerEvent"),
+        ("unstorable", "YieldsUnstorable yielded a payload that cannot be stored"),
+    ],
+)
+def test_a_trigger_breaking_the_contract_fails_its_task_only(
+    app: Celery, kind: str, message: str
+) -> None:
+    with Triggerer(app):
+        bad = wait_on(app).delay(kind)
+        good = wait_on(app).delay("success")
+        with pytest.raises(TriggerFailed, match=message):
+            bad.get(timeout=10)
+        assert good.get(timeout=10) is True
+
+
+def test_a_trigger_without_super_init_still_runs(app: Celery) -> None:
+    with Triggerer(app):
+        assert wait_on(app).delay("no_super").get(timeout=10) is True
+
+
+@pytest.mark.parametrize(
+    ("classpath", "message"),
+    [
+        ("celery_defer_gone.triggers.Vanished", "could not be rebuilt.*does not import"),
+        ("os.system", "could not be rebuilt.*not a BaseTrigger subclass"),
+    ],
+)
+def test_a_stored_classpath_that_is_not_a_trigger_is_never_run(
+    app: Celery, classpath: str, message: str
+) -> None:
+    store = store_for(app)
+    result = wait_on(app).delay("forever", "rewritten")
+    deadline = time.monotonic() + 5
+    while (deferral := store.get_deferral(result.id)) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with store.engine.begin() as conn:  # what an upgrade or a hostile row could leave behind
+        conn.execute(
+            update(triggers).where(triggers.c.id == deferral.trigger_id).values(classpath=classpath)
+        )
+    with Triggerer(app):
+        with pytest.raises(TriggerFailed, match=message):
+            result.get(timeout=10)
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
+def test_bad_capacity_is_refused(app: Celery, capacity: Any) -> None:
+    with pytest.raises(ConfigurationError, match="capacity must be a positive integer"):
+        Triggerer(app, capacity=capacity)
