@@ -10,7 +10,6 @@ consuming does not ack-track.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -104,7 +103,7 @@ class NoticeListener(threading.Thread):
                 while not self._stopping.is_set():
                     try:
                         conn.drain_events(timeout=1.0)
-                    except socket.timeout:
+                    except TimeoutError:
                         conn.heartbeat_check()
 
     def _on_message(self, body: Any, message: Any) -> None:

@@ -163,8 +163,8 @@ class DeferrableTask(Task):  # type: ignore[misc]
             raise TriggerFailed(f"resume of {self.name} carries no outcome")
         error = outcome.get("error")
         if method_name == FAIL_METHOD or error is not None:
-            error = error or {}
-            raise _ERRORS.get(error.get("kind"), TriggerFailed)(error.get("message"))
+            error = error if isinstance(error, dict) else {}
+            raise _ERRORS.get(str(error.get("kind")), TriggerFailed)(error.get("message"))
         check_method(self, method_name)
         kwargs = serialization.decode(message_kwargs)
         event = TriggerEvent(outcome.get("event"))
@@ -200,7 +200,9 @@ def _run_trigger_inline(trigger: BaseTrigger, timeout: float | None) -> TriggerE
     try:
         return asyncio.run(asyncio.wait_for(first_event(trigger), timeout))
     except asyncio.TimeoutError:
-        raise TriggerTimeout(f"trigger {type(trigger).__name__} did not fire within the timeout")
+        raise TriggerTimeout(
+            f"trigger {type(trigger).__name__} did not fire within the timeout"
+        ) from None
 
 
 def _resume_header(request: Any) -> dict[str, Any] | None:

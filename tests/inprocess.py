@@ -12,6 +12,7 @@ from celery.contrib.testing.worker import start_worker
 
 import celery_defer
 
+
 def make_app(store_url: str, **conf: object) -> Celery:
     """A Celery app isolated from every other test's app.
 
@@ -40,7 +41,9 @@ def make_app(store_url: str, **conf: object) -> Celery:
 def running(app: Celery, concurrency: int = 1,
             capacity: int | None = None) -> Iterator[celery_defer.Triggerer]:
     """A real worker (threads pool) and a real triggerer, both in this process."""
-    with start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False,
-                      shutdown_timeout=10.0):
-        with celery_defer.Triggerer(app, capacity=capacity) as triggerer:
-            yield triggerer
+    with (
+        start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False,
+                     shutdown_timeout=10.0),
+        celery_defer.Triggerer(app, capacity=capacity) as triggerer,
+    ):
+        yield triggerer

@@ -242,6 +242,12 @@ def test_success_callbacks_fire_once_at_the_real_end(live: Live) -> None:
     assert live.calls == ["end"]
 
 
+def test_a_resume_after_expires_is_revoked_as_celery_would(live: Live) -> None:
+    result = live.sleepy.apply_async((7,), expires=1.0)  # waits 2 s, expires after 1 s
+    wait_for_state(result, DEFERRED)
+    wait_for_state(result, "REVOKED", timeout=10)
+
+
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_refusals_fail_the_task_and_store_nothing(live: Live, case: str) -> None:
     result = live.refused.delay(case)

@@ -194,13 +194,15 @@ class SqlStore(Store):
         now = utcnow()
         timeout_at = to_naive_utc(deferral.timeout_at) if deferral.timeout_at else None
         with self._begin() as conn:
-            trigger_id = conn.execute(
+            inserted = conn.execute(
                 insert(triggers).values(
                     classpath=deferral.trigger_classpath,
                     kwargs=deferral.trigger_kwargs,
                     created_at=now,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert inserted is not None
+            trigger_id = inserted[0]
             previous = conn.execute(
                 select(deferrals.c.generation)
                 .where(deferrals.c.task_id == deferral.task_id)

@@ -14,6 +14,7 @@ O(held) step (reconciling with the store) runs once per health timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -128,10 +129,8 @@ class TriggerRunner:
                     claimed = []
                 for row in claimed:
                     self._start(row)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=scan)
-            except asyncio.TimeoutError:
-                pass
             self._wake.clear()
 
     def _start(self, row: ClaimedTrigger) -> None:
@@ -256,7 +255,5 @@ class TriggerRunner:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass

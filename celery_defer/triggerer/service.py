@@ -10,6 +10,7 @@ so another triggerer can take them at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import uuid
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from celery_defer.exceptions import ConfigurationError, CeleryDeferError
+from celery_defer.exceptions import CeleryDeferError, ConfigurationError
 from celery_defer.notices import NoticeListener
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
@@ -71,7 +72,10 @@ class Triggerer:
         runner = TriggerRunner(self.app, store_for(self.app), self.id, self.capacity,
                                socket.gethostname(), os.getpid())
         runner.registered = self._ready.set
-        listener = NoticeListener(self.app, lambda: loop.call_soon_threadsafe(runner.wake))
+        def on_notice() -> None:
+            loop.call_soon_threadsafe(runner.wake)
+
+        listener = NoticeListener(self.app, on_notice)
         self._loop, self._runner = loop, runner
         in_main_thread = threading.current_thread() is threading.main_thread()
         try:
@@ -121,10 +125,8 @@ class Triggerer:
         """Stop cleanly: cleanup() every trigger, hand the rest back; thread-safe."""
         loop, runner = self._loop, self._runner
         if loop is not None and runner is not None and not self._done.is_set():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(runner.request_stop)
-            except RuntimeError:
-                pass  # the loop closed meanwhile
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 

@@ -19,7 +19,7 @@ from celery.contrib.testing.worker import start_worker
 from inprocess import make_app
 from sqlalchemy import update
 
-from celery_defer import DeferrableTask, TriggerFailed, Triggerer
+from celery_defer import DeferrableTask, Triggerer, TriggerFailed
 from celery_defer.exceptions import ConfigurationError
 from celery_defer.store import store_for
 from celery_defer.store.schema import triggers
@@ -219,9 +219,8 @@ def test_a_stored_classpath_that_is_not_a_trigger_is_never_run(
         conn.execute(
             update(triggers).where(triggers.c.id == deferral.trigger_id).values(classpath=classpath)
         )
-    with Triggerer(app):
-        with pytest.raises(TriggerFailed, match=message):
-            result.get(timeout=10)
+    with Triggerer(app), pytest.raises(TriggerFailed, match=message):
+        result.get(timeout=10)
 
 
 @pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
