@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import Queue
 from inprocess import make_app, running
 
 from celery_defer import (
@@ -151,6 +152,13 @@ class Live:
                 self.defer(trigger=seconds(0.2))
             return "end"
 
+        @app.task(base=DeferrableTask, bind=True, shared=False, name="t.where")
+        def where(self: DeferrableTask, event: Any = None) -> Any:
+            if event is None:
+                self.defer(trigger=SuccessTrigger())
+            return [self.request.delivery_info.get("routing_key"), self.request.headers]
+
+        self.where = where
         self.poll, self.sleepy, self.counter, self.raw = poll, sleepy, counter, raw
         self.doomed, self.on_error, self.too_slow = doomed, on_error, too_slow
         self.record, self.linked = record, linked
@@ -159,6 +167,8 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
     app = make_app(f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.sqlite3'}")
+    default = app.conf.task_default_queue
+    app.conf.task_queues = (Queue(default), Queue(f"{default}.special"))
     tasks = Live(app)
     with running(app, concurrency=1):
         yield tasks
@@ -240,6 +250,14 @@ def test_success_callbacks_fire_once_at_the_real_end(live: Live) -> None:
     eventually(lambda: live.calls)
     time.sleep(0.2)
     assert live.calls == ["end"]
+
+
+def test_the_resume_keeps_queue_and_headers(live: Live) -> None:
+    special = f"{live.app.conf.task_default_queue}.special"
+    result = live.where.apply_async(queue=special, headers={"tenant": "acme"})
+    routing_key, headers = result.get(timeout=10)
+    assert routing_key == special
+    assert headers["tenant"] == "acme"
 
 
 def test_a_resume_after_expires_is_revoked_as_celery_would(live: Live) -> None:
