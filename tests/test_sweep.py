@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -15,7 +16,7 @@ from inprocess import make_app
 import celery_defer
 from celery_defer import DeferrableTask
 from celery_defer.resume import event_outcome
-from celery_defer.store import FIRING, TriggerOutcome, store_for
+from celery_defer.store import FIRING, DeferralInfo, TriggerOutcome, store_for
 from celery_defer.sweep import SWEEP_TASK_NAME, sweep
 from celery_defer.testing import SuccessTrigger
 
@@ -34,14 +35,21 @@ def worker_app(store_url: str) -> Iterator[Celery]:
         yield app
 
 
+def deferred_task(app: Celery) -> tuple[Any, DeferralInfo]:
+    """Start the stranded task (no triggerer runs here) and wait until it is stored."""
+    result = app.tasks["t.stranded"].delay()
+    deadline = time.monotonic() + 5
+    while (deferral := store_for(app).get_deferral(result.id)) is None:
+        assert time.monotonic() < deadline, "the task never deferred"
+        time.sleep(0.01)
+    assert deferral.trigger_id is not None
+    return result, deferral
+
+
 def test_a_resume_stored_but_never_published_is_sent_by_the_sweep(worker_app: Celery) -> None:
     """The triggerer died between storing the event and publishing: nothing is lost."""
     store = store_for(worker_app)
-    result = worker_app.tasks["t.stranded"].delay()
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=5)
-    while (deferral := store.get_deferral(result.id)) is None:
-        assert datetime.now(timezone.utc) < deadline
-    assert deferral.trigger_id is not None
+    result, deferral = deferred_task(worker_app)
     # What a triggerer does before it publishes (and then it is killed):
     orders = store.fire([TriggerOutcome(deferral.trigger_id, event_outcome({"late": True}))])
     assert [o.task_id for o in orders] == [result.id]
@@ -56,10 +64,7 @@ def test_a_resume_stored_but_never_published_is_sent_by_the_sweep(worker_app: Ce
 
 def test_unused_triggers_are_deleted(worker_app: Celery) -> None:
     store = store_for(worker_app)
-    result = worker_app.tasks["t.stranded"].delay()
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=5)
-    while (deferral := store.get_deferral(result.id)) is None:
-        assert datetime.now(timezone.utc) < deadline
+    _, deferral = deferred_task(worker_app)
     assert sweep(worker_app).triggers_deleted == 0  # still needed
     store.fire([TriggerOutcome(deferral.trigger_id, event_outcome(1))])  # deletes it
     with store.engine.begin() as conn:  # plus an orphan, as a crashed writer could leave

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from kombu import Queue
 from inprocess import make_app, running
+from kombu import Queue
 
 from celery_defer import (
     DEFERRED,

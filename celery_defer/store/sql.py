@@ -9,20 +9,16 @@ makes the same select-then-update sequences safe there.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from typing import Any, ParamSpec, TypeVar
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    create_engine,
     delete,
-    event,
     exists,
     insert,
     inspect,
@@ -30,10 +26,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-from celery_defer.exceptions import ConfigurationError, SchemaMissing, StoreError
+from celery_defer.exceptions import ConfigurationError
 from celery_defer.store.base import Store
+from celery_defer.store.engine import create_store_engine, to_naive_utc, translated, utcnow
 from celery_defer.store.records import (
     DEFERRED,
     FIRING,
@@ -57,9 +54,6 @@ from celery_defer.store.schema import (
 
 logger = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 _ORDER_COLUMNS = (
     deferrals.c.task_id,
     deferrals.c.task_name,
@@ -69,46 +63,6 @@ _ORDER_COLUMNS = (
     deferrals.c.request,
     deferrals.c.outcome,
 )
-
-
-def utcnow() -> datetime:
-    """Naive UTC now: the form every timestamp column holds."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def to_naive_utc(moment: datetime) -> datetime:
-    """Convert an aware datetime to the naive UTC the columns hold."""
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
-
-
-def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn driver errors into StoreError at the store's edge."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            if _is_missing_table(exc):
-                raise SchemaMissing() from exc
-            raise StoreError(f"{method.__name__} failed: {exc}") from exc
-
-    return wrapper
-
-
-# The error must name one of our tables: "does not exist" alone also covers a
-# missing database, whose name may well contain "defer_".
-_MISSING_TABLE = re.compile(
-    r"no such table: (?:\w+\.)?defer_"  # SQLite
-    r"|relation \"(?:\w+\.)?defer_\w+\" does not exist"  # PostgreSQL
-    r"|table '(?:[^']*\.)?defer_\w+' doesn't exist"  # MySQL, MariaDB
-)
-
-
-def _is_missing_table(exc: SQLAlchemyError) -> bool:
-    return _MISSING_TABLE.search(str(exc).lower()) is not None
 
 
 def _order(row: Any) -> ResumeOrder:
@@ -133,20 +87,8 @@ class SqlStore(Store):
             raise ConfigurationError(f"defer_database_url is not a database URL: {url!r}") from exc
         self.url = url
         self.dialect = parsed.get_backend_name()
-        self.engine: Engine = self._create_engine(url)
+        self.engine: Engine = create_store_engine(url)
         self._schema_checked = not create_schema
-
-    @staticmethod
-    def _create_engine(url: str) -> Engine:
-        try:
-            if make_url(url).get_backend_name() == "sqlite":
-                engine = create_engine(url, connect_args={"timeout": 30})
-                event.listen(engine, "connect", _configure_sqlite)
-                event.listen(engine, "begin", _begin_immediate)
-                return engine
-            return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
-        except (ArgumentError, ImportError) as exc:
-            raise ConfigurationError(f"cannot use defer_database_url {url!r}: {exc}") from exc
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -157,7 +99,7 @@ class SqlStore(Store):
 
     # -- schema -----------------------------------------------------------
 
-    @_translated
+    @translated
     def create_schema(self) -> None:
         for attempt in range(3):
             try:
@@ -179,7 +121,7 @@ class SqlStore(Store):
                 )
         self._schema_checked = True
 
-    @_translated
+    @translated
     def schema_version(self) -> int | None:
         """The stored schema version, or None when the schema is absent."""
         if not inspect(self.engine).has_table(schema_info.name):
@@ -189,7 +131,7 @@ class SqlStore(Store):
 
     # -- task side --------------------------------------------------------
 
-    @_translated
+    @translated
     def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
         now = utcnow()
         timeout_at = to_naive_utc(deferral.timeout_at) if deferral.timeout_at else None
@@ -235,7 +177,7 @@ class SqlStore(Store):
                 )
         return StoredDeferral(trigger_id=int(trigger_id), generation=generation)
 
-    @_translated
+    @translated
     def begin_resume(self, task_id: str, generation: int) -> bool:
         with self._begin() as conn:
             claimed = conn.execute(
@@ -249,7 +191,7 @@ class SqlStore(Store):
             ).rowcount
         return bool(claimed == 1)
 
-    @_translated
+    @translated
     def reopen_resume(self, task_id: str, generation: int) -> None:
         with self._begin() as conn:
             conn.execute(
@@ -262,7 +204,7 @@ class SqlStore(Store):
                 .values(state=RESUMED, updated_at=utcnow())
             )
 
-    @_translated
+    @translated
     def finish(self, task_id: str, generation: int) -> None:
         with self._begin() as conn:
             conn.execute(
@@ -275,7 +217,7 @@ class SqlStore(Store):
 
     # -- triggerers -------------------------------------------------------
 
-    @_translated
+    @translated
     def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
         now = utcnow()
         with self._begin() as conn:
@@ -286,7 +228,7 @@ class SqlStore(Store):
                 )
             )
 
-    @_translated
+    @translated
     def heartbeat(self, triggerer_id: str) -> bool:
         with self._begin() as conn:
             found = conn.execute(
@@ -296,7 +238,7 @@ class SqlStore(Store):
             ).rowcount
         return bool(found == 1)
 
-    @_translated
+    @translated
     def unregister_triggerer(self, triggerer_id: str) -> int:
         with self._begin() as conn:
             released = conn.execute(
@@ -307,7 +249,7 @@ class SqlStore(Store):
             conn.execute(delete(triggerers).where(triggerers.c.id == triggerer_id))
         return int(released)
 
-    @_translated
+    @translated
     def release_triggers(self, triggerer_id: str, trigger_ids: Sequence[int]) -> None:
         if not trigger_ids:
             return
@@ -318,7 +260,7 @@ class SqlStore(Store):
                 .values(triggerer_id=None)
             )
 
-    @_translated
+    @translated
     def claim_triggers(
         self, triggerer_id: str, limit: int, health_timeout: float
     ) -> list[ClaimedTrigger]:
@@ -355,7 +297,7 @@ class SqlStore(Store):
                 )
         return [ClaimedTrigger(id=int(r.id), classpath=r.classpath, kwargs=r.kwargs) for r in rows]
 
-    @_translated
+    @translated
     def held_trigger_ids(self, triggerer_id: str) -> set[int]:
         with self._begin() as conn:
             ids = conn.execute(
@@ -365,7 +307,7 @@ class SqlStore(Store):
 
     # -- firing and resuming ----------------------------------------------
 
-    @_translated
+    @translated
     def fire(self, outcomes: Sequence[TriggerOutcome]) -> list[ResumeOrder]:
         if not outcomes:
             return []
@@ -405,7 +347,7 @@ class SqlStore(Store):
             conn.execute(delete(triggers).where(triggers.c.id.in_(list(by_trigger))))
         return orders
 
-    @_translated
+    @translated
     def mark_resumed(self, orders: Sequence[ResumeOrder]) -> None:
         if not orders:
             return
@@ -422,7 +364,7 @@ class SqlStore(Store):
                     .values(state=RESUMED, updated_at=now)
                 )
 
-    @_translated
+    @translated
     def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
         moment = to_naive_utc(now)
         with self._begin() as conn:
@@ -447,7 +389,7 @@ class SqlStore(Store):
             for r in due
         ]
 
-    @_translated
+    @translated
     def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
         moment = to_naive_utc(older_than)
         with self._begin() as conn:
@@ -459,7 +401,7 @@ class SqlStore(Store):
             ).all()
         return [_order(r) for r in stuck]
 
-    @_translated
+    @translated
     def delete_unused_triggers(self) -> int:
         needed = exists().where(deferrals.c.trigger_id == triggers.c.id)
         with self._begin() as conn:
@@ -467,7 +409,7 @@ class SqlStore(Store):
 
     # -- inspection -------------------------------------------------------
 
-    @_translated
+    @translated
     def get_deferral(self, task_id: str) -> DeferralInfo | None:
         with self._begin() as conn:
             row = conn.execute(select(deferrals).where(deferrals.c.task_id == task_id)).first()
@@ -487,20 +429,3 @@ class SqlStore(Store):
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    # Autocommit at the driver level, so that ``_begin_immediate`` controls
-    # when transactions start (pysqlite's implicit BEGIN is DEFERRED, which
-    # lets two writers deadlock on the read-to-write lock upgrade).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def _begin_immediate(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -29,8 +29,8 @@ from celery_defer.store import (
     SqlStore,
     TriggerOutcome,
 )
+from celery_defer.store.engine import utcnow
 from celery_defer.store.schema import SCHEMA_VERSION, deferrals, schema_info, triggerers, triggers
-from celery_defer.store.sql import utcnow
 
 MakeStore = Callable[..., SqlStore]
 

@@ -1,0 +1,96 @@
+"""Connections for the SQL store: engines per dialect, time, and error translation.
+
+Kept apart from the queries in :mod:`celery_defer.store.sql` because these are
+the driver-facing details: SQLite's locking mode, PostgreSQL's pool health
+checks, and turning every driver error into a
+:class:`~celery_defer.exceptions.StoreError` at the store's edge.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from celery_defer.exceptions import ConfigurationError, SchemaMissing, StoreError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for ``url``, tuned for the store's short transactions."""
+    try:
+        if make_url(url).get_backend_name() == "sqlite":
+            engine = create_engine(url, connect_args={"timeout": 30})
+            event.listen(engine, "connect", _configure_sqlite)
+            event.listen(engine, "begin", _begin_immediate)
+            return engine
+        # pre_ping: a database restart must cost one reconnect, not one error per pooled
+        # connection.
+        return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
+    except (ArgumentError, ImportError) as exc:
+        raise ConfigurationError(f"cannot use defer_database_url {url!r}: {exc}") from exc
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the form every timestamp column holds."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def to_naive_utc(moment: datetime) -> datetime:
+    """Convert an aware datetime to the naive UTC the columns hold."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn driver errors into StoreError at the store's edge."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            if is_missing_table(exc):
+                raise SchemaMissing() from exc
+            raise StoreError(f"{method.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+# The error must name one of our tables: "does not exist" alone also covers a
+# missing database, whose name may well contain "defer_".
+_MISSING_TABLE = re.compile(
+    r"no such table: (?:\w+\.)?defer_"  # SQLite
+    r"|relation \"(?:\w+\.)?defer_\w+\" does not exist"  # PostgreSQL
+    r"|table '(?:[^']*\.)?defer_\w+' doesn't exist"  # MySQL, MariaDB
+)
+
+
+def is_missing_table(exc: SQLAlchemyError) -> bool:
+    return _MISSING_TABLE.search(str(exc).lower()) is not None
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # Autocommit at the driver level, so that ``_begin_immediate`` controls
+    # when transactions start (pysqlite's implicit BEGIN is DEFERRED, which
+    # lets two writers deadlock on the read-to-write lock upgrade).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
