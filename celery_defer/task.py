@@ -82,8 +82,10 @@ class DeferrableTask(Task):  # type: ignore[misc]
             if header is None:
                 return super().__call__(*args, **kwargs)
             return self._resume(header, kwargs)
-        except TaskDeferred as deferred:
-            self._defer(deferred)
+        except TaskDeferred as raised:
+            deferred = raised
+        # Outside the except block: a refusal must not show the deferral as its context.
+        self._defer(deferred)
 
     # -- deferring --------------------------------------------------------
 

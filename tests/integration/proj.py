@@ -63,12 +63,14 @@ class WaitThenAdd(DeferrableTask):
     name = "proj.wait_then_add"
 
     def run(self, x: int, y: int, seconds: float = 2.0) -> None:
-        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
-                   method_name="finish", kwargs={"total": x + y})
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
+            method_name="finish",
+            kwargs={"total": x + y},
+        )
 
     def finish(self, total: int, event: Any = None) -> dict[str, Any]:
-        return {"total": total, "task_id": self.request.id,
-                "fired_at": event.payload.isoformat()}
+        return {"total": total, "task_id": self.request.id, "fired_at": event.payload.isoformat()}
 
 
 class CountDeferrals(DeferrableTask):
@@ -84,8 +86,9 @@ class CountDeferrals(DeferrableTask):
 
 def _wait_somewhere_deep(seconds: float, label: str) -> None:
     """A helper the task calls: the deferral starts here, not in the task body."""
-    raise TaskDeferred(TimeDeltaTrigger(timedelta(seconds=seconds)),
-                       method_name="done", kwargs={"label": label})
+    raise TaskDeferred(
+        TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="done", kwargs={"label": label}
+    )
 
 
 class NestedDefer(DeferrableTask):

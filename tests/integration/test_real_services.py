@@ -14,6 +14,7 @@ interfere. When a test fails, the tail of every process log is printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import sqlalchemy as sa
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from sqlalchemy.engine import make_url
 
@@ -47,8 +49,7 @@ START_TIMEOUT = 40.0
 STOP_TIMEOUT = 15.0
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str,
-               interval: float = 0.05) -> T:
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -89,7 +90,10 @@ class Cluster:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "proj", *argv],
-                cwd=HERE, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=HERE,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.processes[role] = process
@@ -101,12 +105,14 @@ class Cluster:
         self.wait_for_log(log, "running, capacity", START_TIMEOUT, process)
         return process
 
-    def wait_for_log(self, log: Path, text: str, timeout: float,
-                     process: subprocess.Popen[bytes]) -> None:
+    def wait_for_log(
+        self, log: Path, text: str, timeout: float, process: subprocess.Popen[bytes]
+    ) -> None:
         def seen() -> bool:
             if process.poll() is not None:
                 raise AssertionError(
-                    f"{log.name} exited with {process.returncode}\n{self.log_tails()}")
+                    f"{log.name} exited with {process.returncode}\n{self.log_tails()}"
+                )
             return text in log.read_text(errors="replace")
 
         try:
@@ -150,18 +156,18 @@ class Cluster:
     def get(self, result: AsyncResult, timeout: float = 20.0) -> Any:
         try:
             return result.get(timeout=timeout, interval=0.05)
-        except TimeoutError as exc:
+        except (TimeoutError, CeleryTimeoutError) as exc:
             raise AssertionError(
-                f"task {result.id} still {result.state} after {timeout}s: {exc}\n"
-                f"{self.log_tails()}") from None
+                f"task {result.id} still {result.state} after {timeout}s: {exc}\n{self.log_tails()}"
+            ) from None
 
     def wait_failed(self, result: AsyncResult, timeout: float = 20.0) -> BaseException:
         try:
             value = result.get(timeout=timeout, interval=0.05, propagate=False)
-        except TimeoutError:
+        except (TimeoutError, CeleryTimeoutError):
             raise AssertionError(
-                f"task {result.id} still {result.state} after {timeout}s\n"
-                f"{self.log_tails()}") from None
+                f"task {result.id} still {result.state} after {timeout}s\n{self.log_tails()}"
+            ) from None
         assert result.state == "FAILURE", f"expected FAILURE, got {result.state}: {value!r}"
         assert isinstance(value, BaseException), repr(value)
         return value
@@ -178,16 +184,20 @@ class Cluster:
         try:
             wait_until(reached, timeout, f"{result.id} to be {state}", interval=0.02)
         except AssertionError:
-            raise AssertionError(f"task {result.id} went through {seen}, never {state}\n"
-                                 f"{self.log_tails()}") from None
+            raise AssertionError(
+                f"task {result.id} went through {seen}, never {state}\n{self.log_tails()}"
+            ) from None
 
     def trigger_owner(self, task_id: str) -> tuple[bool, str | None]:
         """(deferral has a trigger row, id of the triggerer holding it) from the store."""
         with self.store_engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "select t.triggerer_id from defer_deferrals d "
-                "join defer_triggers t on t.id = d.trigger_id where d.task_id = :id"),
-                {"id": task_id}).first()
+            row = conn.execute(
+                sa.text(
+                    "select t.triggerer_id from defer_deferrals d "
+                    "join defer_triggers t on t.id = d.trigger_id where d.task_id = :id"
+                ),
+                {"id": task_id},
+            ).first()
         return (row is not None, row[0] if row is not None else None)
 
 
@@ -207,6 +217,8 @@ def cluster(
     redis_url: str,
 ) -> Iterator[Cluster]:
     config = request.param
+    # Check (or skip for) every service before creating anything.
+    amqp_url = request.getfixturevalue("amqp_url") if config == "amqp" else None
     suffix = uuid.uuid4().hex[:10]
     schema = f"cdit_{suffix}"
     logdir = tmp_path_factory.mktemp(f"celery-{config}")
@@ -215,63 +227,88 @@ def cluster(
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'create schema "{schema}"'))
-    store_url = make_url(postgres_url).update_query_dict(
-        {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    store_url = (
+        make_url(postgres_url)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
 
     redis_url_db = redis_db_url(redis_url, random.randrange(1, 16))
     if config == "redis":
         broker, backend = redis_url_db, redis_url_db
     else:
-        broker, backend = request.getfixturevalue("amqp_url"), f"db+{store_url}"
+        assert amqp_url is not None
+        broker, backend = amqp_url, f"db+{store_url}"
 
     env = dict(os.environ)
-    env.update({
-        proj.BROKER_URL: broker,
-        proj.RESULT_BACKEND: backend,
-        proj.DATABASE_URL: store_url,
-        proj.QUEUE: f"cdit.tasks.{suffix}",
-        proj.TRIGGER_QUEUE: f"cdit.triggers.{suffix}",
-        proj.MARKER_REDIS_URL: redis_url_db,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(HERE), env.get("PYTHONPATH", "")) if p),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            proj.BROKER_URL: broker,
+            proj.RESULT_BACKEND: backend,
+            proj.DATABASE_URL: store_url,
+            proj.QUEUE: f"cdit.tasks.{suffix}",
+            proj.TRIGGER_QUEUE: f"cdit.triggers.{suffix}",
+            proj.MARKER_REDIS_URL: redis_url_db,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     app = proj.create_app(env)
     import redis
 
     cluster = Cluster(
-        name=config, env=env, logdir=logdir, app=app,
+        name=config,
+        env=env,
+        logdir=logdir,
+        app=app,
         store_engine=sa.create_engine(store_url),
         marker_redis=redis.Redis.from_url(redis_url_db),
     )
     try:
         subprocess.run(
             [sys.executable, "-m", "celery", "-A", "proj", "defer", "init-db"],
-            cwd=HERE, env=env, check=True, timeout=60, capture_output=True,
+            cwd=HERE,
+            env=env,
+            check=True,
+            timeout=60,
+            capture_output=True,
         )
         if backend.startswith("db+"):
             # Let the client create celery's result tables before the worker
             # races it to do the same.
             app.AsyncResult("warm-up").state  # noqa: B018
         worker = cluster.start(
-            "worker", "worker", "--pool", "threads", "--concurrency", "1", "-l", "INFO",
-            "-n", f"cdit-{suffix}@%h", "--without-mingle", "--without-gossip",
+            "worker",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "1",
+            "-l",
+            "INFO",
+            "-n",
+            f"cdit-{suffix}@%h",
+            "--without-mingle",
+            "--without-gossip",
         )
         cluster.start_triggerer()
-        beat = cluster.start("beat", "beat", "-l", "INFO",
-                             "--schedule", str(logdir / "celerybeat-schedule"))
+        beat = cluster.start(
+            "beat", "beat", "-l", "INFO", "--schedule", str(logdir / "celerybeat-schedule")
+        )
         try:
             assert cluster.send("proj.ping").get(timeout=START_TIMEOUT) == "pong"
         except Exception as exc:
             raise AssertionError(
                 f"the worker did not answer ({exc!r}, worker exit code {worker.poll()})\n"
-                f"{cluster.log_tails()}") from None
+                f"{cluster.log_tails()}"
+            ) from None
         cluster.wait_for_log(cluster.logs[-1], "beat: Starting", START_TIMEOUT, beat)
         yield cluster
     finally:
         codes = cluster.stop_all()
         print(f"[{config}] exit codes after SIGTERM: {codes}")
         _drop_queues(cluster)
+        _close_backend(app)
         app.close()
         cluster.store_engine.dispose()
         cluster.marker_redis.close()
@@ -280,16 +317,32 @@ def cluster(
         admin.dispose()
 
 
+def _close_backend(app: Celery) -> None:
+    """Close the client's result-backend connections (a Redis pub/sub left by a timeout)."""
+    backend = app.backend
+    try:
+        consumer = getattr(backend, "result_consumer", None)
+        if consumer is not None:
+            consumer.stop()
+        client = getattr(backend, "client", None)
+        if client is not None and hasattr(client, "connection_pool"):
+            client.connection_pool.disconnect()
+        session_manager = getattr(backend, "session_manager", None)
+        if session_manager is not None:
+            for engine in getattr(session_manager, "_engines", {}).values():
+                engine.dispose()
+    except Exception:
+        pass
+
+
 def _drop_queues(cluster: Cluster) -> None:
     """Do not leave this run's queues behind on a shared broker."""
     try:
         with cluster.app.connection_for_write() as conn:
             channel = conn.default_channel
             for queue in (cluster.env[proj.QUEUE], cluster.env[proj.TRIGGER_QUEUE]):
-                try:
+                with contextlib.suppress(Exception):
                     channel.queue_delete(queue)
-                except Exception:
-                    pass
     except Exception:
         pass
 
@@ -352,15 +405,17 @@ class TestRealServices:
     def test_timeout_through_the_beat_sweep_runs_the_errback(self, cluster: Cluster) -> None:
         marker = f"cdit:{uuid.uuid4().hex}"
         started = time.monotonic()
-        result = cluster.send("proj.too_slow",
-                              link_error=cluster.app.signature("proj.record_errback",
-                                                               kwargs={"marker": marker}))
+        result = cluster.send(
+            "proj.too_slow",
+            link_error=cluster.app.signature("proj.record_errback", kwargs={"marker": marker}),
+        )
         exc = cluster.wait_failed(result, timeout=15)
         elapsed = time.monotonic() - started
         assert isinstance(exc, TriggerTimeout), repr(exc)
         assert elapsed < 10, f"the sweep took {elapsed:.1f}s to time the task out"
-        errback = wait_until(lambda: cluster.marker_redis.get(f"{marker}:errback"), 10,
-                             "the errback's marker")
+        errback = wait_until(
+            lambda: cluster.marker_redis.get(f"{marker}:errback"), 10, "the errback's marker"
+        )
         assert errback.decode() == result.id
 
     def test_unserializable_kwargs_are_refused(self, cluster: Cluster) -> None:
@@ -377,10 +432,16 @@ class TestRealServices:
         forever = cluster.send("proj.sleep_forever", marker)
         cluster.wait_state(waiting, DEFERRED)
         cluster.wait_state(forever, DEFERRED)
-        wait_until(lambda: cluster.marker_redis.get(f"{marker}:started"), 10,
-                   "the SleepForeverTrigger to start")
-        owner = wait_until(lambda: cluster.trigger_owner(waiting.id)[1], 10,
-                           "the triggerer to claim the timer trigger")
+        wait_until(
+            lambda: cluster.marker_redis.get(f"{marker}:started"),
+            10,
+            "the SleepForeverTrigger to start",
+        )
+        owner = wait_until(
+            lambda: cluster.trigger_owner(waiting.id)[1],
+            10,
+            "the triggerer to claim the timer trigger",
+        )
 
         stopping = time.monotonic()
         code = cluster.stop("triggerer", timeout=STOP_TIMEOUT)
@@ -400,5 +461,8 @@ class TestRealServices:
         took = time.monotonic() - restarted
         # A trigger that was not handed back would wait out defer_triggerer_health_timeout (10 s).
         assert took < 8, f"the new triggerer took {took:.1f}s to finish the handed-back task"
-        wait_until(lambda: cluster.marker_redis.get(f"{marker}:started") == b"2", 10,
-                   "the new triggerer to run the handed-back SleepForeverTrigger")
+        wait_until(
+            lambda: cluster.marker_redis.get(f"{marker}:started") == b"2",
+            10,
+            "the new triggerer to run the handed-back SleepForeverTrigger",
+        )
