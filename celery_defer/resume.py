@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery._state import task_join_will_block
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 #: The message header that marks a resume (also visible as ``request.celery_defer``).
 RESUME_HEADER = "celery_defer"
 
+#: A plain message header carrying a task's total deadline (ISO) across its resumes.
+DEADLINE_HEADER = "celery_defer_deadline"
+
 #: The ``method`` a failure resume names: the worker raises instead of calling.
 FAIL_METHOD = "__fail__"
 
@@ -47,7 +51,7 @@ FAIL_METHOD = "__fail__"
 _NOT_REPLAYED = ("task_id", "ignore_result")
 
 
-def snapshot_request(task: Task, request: Context) -> str:
+def snapshot_request(task: Task, request: Context, deadline_at: datetime | None = None) -> str:
     """Capture what is needed to re-send ``request`` later, as text."""
     if hasattr(request, "as_execution_options"):
         options: dict[str, Any] = dict(request.as_execution_options())
@@ -66,6 +70,8 @@ def snapshot_request(task: Task, request: Context) -> str:
         options.pop(key, None)
     headers = dict(options.get("headers") or {})
     headers.pop(RESUME_HEADER, None)
+    if deadline_at is not None:
+        headers[DEADLINE_HEADER] = deadline_at.isoformat()
     options["headers"] = headers
     options["ignore_result"] = bool(getattr(request, "ignore_result", False) or task.ignore_result)
     delivery_info = request.delivery_info or {}

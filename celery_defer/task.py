@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
+from celery.signals import task_revoked
 
-from celery_defer import notices, serialization
+from celery_defer import events, notices, serialization
 from celery_defer.exceptions import (
     InvalidDeferral,
     StoreError,
@@ -33,7 +35,7 @@ from celery_defer.exceptions import (
     TriggerFailed,
     TriggerTimeout,
 )
-from celery_defer.resume import FAIL_METHOD, RESUME_HEADER, snapshot_request
+from celery_defer.resume import DEADLINE_HEADER, FAIL_METHOD, RESUME_HEADER, snapshot_request
 from celery_defer.settings import Settings
 from celery_defer.store import NewDeferral, store_for
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
@@ -59,6 +61,12 @@ class DeferrableTask(Task):  # type: ignore[misc]
     settings, not on the class.
     """
 
+    #: A total deadline across every deferral of one task (a timedelta or
+    #: seconds; None: no deadline), like Airflow's ``execution_timeout``.
+    #: Counted from the start of the first execution; when it passes while the
+    #: task is deferred, the task fails with :class:`TriggerTimeout`.
+    deadline: timedelta | float | None = None
+
     def defer(
         self,
         trigger: BaseTrigger,
@@ -77,6 +85,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
         request = self.request
         if request.is_eager or request.called_directly:
             return self._call_inline(args, kwargs)
+        started = datetime.now(timezone.utc)
         header = _resume_header(request)
         try:
             if header is None:
@@ -85,15 +94,21 @@ class DeferrableTask(Task):  # type: ignore[misc]
         except TaskDeferred as raised:
             deferred = raised
         # Outside the except block: a refusal must not show the deferral as its context.
-        self._defer(deferred)
+        self._defer(deferred, started)
 
     # -- deferring --------------------------------------------------------
 
-    def _defer(self, deferred: TaskDeferred) -> NoReturn:
+    def _defer(self, deferred: TaskDeferred, started: datetime) -> NoReturn:
         settings = Settings.from_app(self.app)
         checked = check_deferral(self, deferred, settings.max_kwargs_bytes)
         request = self.request
         task_id = request.id
+        deadline_at = self._deadline_at(request, started)
+        if deadline_at is not None:
+            if deadline_at <= datetime.now(timezone.utc):
+                raise TriggerTimeout(self._deadline_message())
+            if checked.timeout_at is None or deadline_at < checked.timeout_at:
+                checked = replace(checked, timeout_at=deadline_at)
         # DEFERRED is written before the deferral is visible to triggerers:
         # a trigger that fires at once must never see its final state
         # overwritten by a late DEFERRED (Airflow #21316).
@@ -114,13 +129,16 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 task_name=self.name,
                 method=checked.method,
                 kwargs=checked.kwargs,
-                request=snapshot_request(self, request),
+                request=snapshot_request(self, request, deadline_at),
                 trigger_classpath=checked.trigger_classpath,
                 trigger_kwargs=checked.trigger_kwargs,
                 timeout_at=checked.timeout_at,
             )
         )
         notices.announce_trigger(self.app, stored.trigger_id)
+        events.send(self, "task-deferred", trigger=checked.trigger_classpath,
+                    method=checked.method, generation=stored.generation,
+                    timeout_at=checked.timeout_at.isoformat() if checked.timeout_at else None)
         logger.info(
             "task %s[%s] deferred on %s (generation %s)",
             self.name, task_id, checked.trigger_classpath, stored.generation,
@@ -145,6 +163,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 extra={"task_id": task_id, "generation": generation},
             )
             raise Ignore()
+        events.send(self, "task-resumed", method=method_name, generation=generation)
         try:
             outcome = serialization.decode(header.get("outcome"))
             result = self._run_method(method_name, message_kwargs, outcome)
@@ -166,11 +185,34 @@ class DeferrableTask(Task):  # type: ignore[misc]
         error = outcome.get("error")
         if method_name == FAIL_METHOD or error is not None:
             error = error if isinstance(error, dict) else {}
-            raise _ERRORS.get(str(error.get("kind")), TriggerFailed)(error.get("message"))
+            kind = str(error.get("kind"))
+            deadline_at = _deadline_header(self.request)
+            if kind == "timeout" and deadline_at and deadline_at <= datetime.now(timezone.utc):
+                raise TriggerTimeout(self._deadline_message())
+            raise _ERRORS.get(kind, TriggerFailed)(error.get("message"))
         check_method(self, method_name)
         kwargs = serialization.decode(message_kwargs)
         event = TriggerEvent(outcome.get("event"))
         return getattr(self, method_name)(**kwargs, **{EVENT_KWARG: event})
+
+    # -- total deadline ---------------------------------------------------
+
+    def _deadline_at(self, request: Any, started: datetime) -> datetime | None:
+        """When the task's total deadline ends: carried by the resumes, set on first defer."""
+        carried = _deadline_header(request)
+        if carried is not None or self.deadline is None:
+            return carried
+        delta = self.deadline if isinstance(self.deadline, timedelta) else None
+        if delta is None:
+            if isinstance(self.deadline, bool) or not isinstance(self.deadline, (int, float)):
+                raise InvalidDeferral(
+                    f"{self.name}.deadline must be a timedelta or seconds, got {self.deadline!r}"
+                )
+            delta = timedelta(seconds=self.deadline)
+        return started + delta
+
+    def _deadline_message(self) -> str:
+        return f"task {self.name} passed its total deadline ({self.deadline}) while deferred"
 
     # -- eager mode -------------------------------------------------------
 
@@ -205,6 +247,30 @@ def _run_trigger_inline(trigger: BaseTrigger, timeout: float | None) -> TriggerE
         raise TriggerTimeout(
             f"trigger {type(trigger).__name__} did not fire within the timeout"
         ) from None
+
+
+def _deadline_header(request: Any) -> datetime | None:
+    value = (request.headers or {}).get(DEADLINE_HEADER) if request.headers else None
+    if value is None:
+        value = getattr(request, DEADLINE_HEADER, None)
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def _forget_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A worker discarded a revoked (or expired) resume: forget its deferral.
+
+    With a triggerer running, a revoke is handled there at once; this covers a
+    revoke that no triggerer heard, and a resume that expired in the queue.
+    """
+    if not isinstance(sender, DeferrableTask) or request is None or not request.id:
+        return
+    try:
+        store_for(sender.app).cancel_deferrals([request.id])
+    except StoreError as exc:
+        logger.warning("could not forget the deferral of revoked task %s: %s", request.id, exc)
+
+
+task_revoked.connect(_forget_revoked, weak=False)
 
 
 def _resume_header(request: Any) -> dict[str, Any] | None:

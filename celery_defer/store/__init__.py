@@ -20,6 +20,7 @@ from celery_defer.store.records import (
     FIRING,
     RESUMED,
     RUNNING,
+    Cancelled,
     ClaimedTrigger,
     DeferralInfo,
     NewDeferral,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = [
+    "Cancelled",
     "DEFERRED",
     "FIRING",
     "RESUMED",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from celery_defer.store.records import (
+    Cancelled,
     ClaimedTrigger,
     DeferralInfo,
     NewDeferral,
@@ -103,6 +104,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_deferral(self, task_id: str) -> DeferralInfo | None:
         """One deferral, or None."""
+
+    @abc.abstractmethod
+    def cancel_deferrals(self, task_ids: Sequence[str]) -> Cancelled:
+        """Forget these tasks' deferrals (revoked), unless a worker is running them.
+
+        Triggers that no other deferral waits on are deleted too; their ids
+        are returned so the triggerer running them can stop them.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -76,6 +76,14 @@ class ResumeOrder:
 
 
 @dataclass(frozen=True)
+class Cancelled:
+    """What :meth:`Store.cancel_deferrals` removed."""
+
+    task_ids: list[str]
+    trigger_ids: list[int]
+
+
+@dataclass(frozen=True)
 class DeferralInfo:
     """A deferral as inspection tools and tests see it."""
 

@@ -36,6 +36,7 @@ from celery_defer.store.records import (
     FIRING,
     RESUMED,
     RUNNING,
+    Cancelled,
     ClaimedTrigger,
     DeferralInfo,
     NewDeferral,
@@ -426,6 +427,32 @@ class SqlStore(Store):
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
+
+    @translated
+    def cancel_deferrals(self, task_ids: Sequence[str]) -> Cancelled:
+        if not task_ids:
+            return Cancelled(task_ids=[], trigger_ids=[])
+        with self._begin() as conn:
+            rows = conn.execute(
+                select(deferrals.c.task_id, deferrals.c.trigger_id)
+                .where(
+                    deferrals.c.task_id.in_(list(task_ids)),
+                    deferrals.c.state.in_((DEFERRED, FIRING, RESUMED)),
+                )
+                .with_for_update()
+            ).all()
+            if not rows:
+                return Cancelled(task_ids=[], trigger_ids=[])
+            cancelled = [r.task_id for r in rows]
+            conn.execute(delete(deferrals).where(deferrals.c.task_id.in_(cancelled)))
+            candidates = {int(r.trigger_id) for r in rows if r.trigger_id is not None}
+            still_needed = conn.execute(
+                select(deferrals.c.trigger_id).where(deferrals.c.trigger_id.in_(candidates))
+            ).scalars()
+            unneeded = sorted(candidates - {int(i) for i in still_needed})
+            if unneeded:
+                conn.execute(delete(triggers).where(triggers.c.id.in_(unneeded)))
+        return Cancelled(task_ids=cancelled, trigger_ids=unneeded)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -56,6 +56,7 @@ class TriggerRunner:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._outcome_ready = asyncio.Event()
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self.registered: Callable[[], None] = lambda: None
 
     # -- control, callable from the loop thread ----------------------------
@@ -67,6 +68,12 @@ class TriggerRunner:
     def wake(self) -> None:
         """Claim now rather than at the next scan (a notice arrived)."""
         self._wake.set()
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Cancel these tasks' deferrals (a revoke broadcast arrived)."""
+        task = asyncio.create_task(self._revoke(task_ids), name="revoke")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     # -- main -------------------------------------------------------------
 
@@ -212,6 +219,30 @@ class TriggerRunner:
                     # the resume from that state, the sweep may send it
                     # again, and the worker drops the duplicate.
                     logger.warning("recording %d published resumes failed: %s", len(sent), exc)
+
+    # -- revocation ---------------------------------------------------------
+
+    async def _revoke(self, task_ids: list[str]) -> None:
+        try:
+            cancelled = await self._call(self.store.cancel_deferrals, task_ids)
+        except StoreError as exc:
+            logger.warning("could not cancel the deferrals of revoked tasks %s: %s", task_ids, exc)
+            return
+        if not cancelled.task_ids:
+            return  # not deferred, or another triggerer got there first
+        # Stopping a trigger runs its cleanup(); one held by another
+        # triggerer stops at that triggerer's next reconciliation.
+        await self._cancel_triggers([i for i in cancelled.trigger_ids if i in self.running])
+        await self._call(self._mark_revoked, cancelled.task_ids)
+        logger.info("revoked deferred tasks %s", cancelled.task_ids,
+                    extra={"task_ids": cancelled.task_ids})
+
+    def _mark_revoked(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            try:
+                self.app.backend.mark_as_revoked(task_id, reason="revoked while deferred")
+            except Exception:
+                logger.exception("could not record task %s as revoked", task_id)
 
     # -- heartbeat and reconciliation --------------------------------------
 

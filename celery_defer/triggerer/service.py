@@ -21,7 +21,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from celery_defer.exceptions import CeleryDeferError, ConfigurationError
-from celery_defer.notices import NoticeListener
+from celery_defer.listener import BrokerListener
+from celery_defer.notices import notice_listener
+from celery_defer.revocations import revoke_listener
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
 from celery_defer.triggerer.runner import TriggerRunner
@@ -60,6 +62,7 @@ class Triggerer:
         self._ready = threading.Event()
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._listeners: list[BrokerListener] = []
 
     @property
     def running_triggers(self) -> int:
@@ -72,10 +75,16 @@ class Triggerer:
         runner = TriggerRunner(self.app, store_for(self.app), self.id, self.capacity,
                                socket.gethostname(), os.getpid())
         runner.registered = self._ready.set
+
         def on_notice() -> None:
             loop.call_soon_threadsafe(runner.wake)
 
-        listener = NoticeListener(self.app, on_notice)
+        def on_revoke(task_ids: list[str]) -> None:
+            loop.call_soon_threadsafe(runner.revoke, task_ids)
+
+        listeners = [notice_listener(self.app, on_notice),
+                     revoke_listener(self.app, self.id, on_revoke)]
+        self._listeners = listeners
         self._loop, self._runner = loop, runner
         in_main_thread = threading.current_thread() is threading.main_thread()
         try:
@@ -83,13 +92,15 @@ class Triggerer:
             if in_main_thread:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(signum, runner.request_stop)
-            listener.start()
+            for listener in listeners:
+                listener.start()
             loop.run_until_complete(runner.main())
         except BaseException as exc:
             self._error = exc
             raise
         finally:
-            listener.stop()
+            for listener in listeners:
+                listener.stop()
             if in_main_thread:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
@@ -99,7 +110,8 @@ class Triggerer:
             self._loop = None
             self._done.set()
             self._ready.set()
-            listener.join(timeout=5)
+            for listener in listeners:
+                listener.join(timeout=5)
 
     def start(self, timeout: float = 30.0) -> Triggerer:
         """Run in a background thread; returns once registered with the store."""
@@ -113,6 +125,10 @@ class Triggerer:
             raise CeleryDeferError(f"the triggerer did not start within {timeout}s")
         if self._error is not None:
             raise CeleryDeferError(f"the triggerer failed to start: {self._error}")
+        # Give the broker listeners a moment to subscribe, so that a revoke or a
+        # notice sent right after start() is heard; without a broker, carry on.
+        for listener in self._listeners:
+            listener.ready.wait(min(timeout, 5.0))
         return self
 
     def _run_quietly(self) -> None:

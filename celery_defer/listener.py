@@ -1,0 +1,75 @@
+"""A broker consumer in a thread that reconnects with backoff.
+
+The triggerer listens to the broker for hints (new-trigger notices, revoke
+broadcasts) while its event loop runs triggers. Hints are never the source of
+truth, so the consumer does not ack-track, and while the broker is away the
+triggerer carries on from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu import Queue
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerListener(threading.Thread):
+    """Consumes ``queues()`` and calls ``on_message(body)`` for each message."""
+
+    def __init__(
+        self,
+        app: Celery,
+        name: str,
+        queues: Callable[[], Sequence[Queue]],
+        on_message: Callable[[Any], None],
+    ) -> None:
+        super().__init__(name=f"celery-defer-{name}", daemon=True)
+        self.app = app
+        self.what = name
+        self.queues = queues
+        self.on_message = on_message
+        self._stopping = threading.Event()
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._consume()
+                backoff = 0.5
+            except Exception as exc:
+                logger.warning("%s unavailable (%s); retrying in %.1fs", self.what, exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _consume(self) -> None:
+        with self.app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            with conn.Consumer(
+                list(self.queues()),
+                callbacks=[self._deliver],
+                accept=["json"],
+                no_ack=True,
+            ):
+                self.ready.set()
+                while not self._stopping.is_set():
+                    try:
+                        conn.drain_events(timeout=1.0)
+                    except TimeoutError:  # socket.timeout
+                        conn.heartbeat_check()
+
+    def _deliver(self, body: Any, message: Any) -> None:
+        try:
+            self.on_message(body)
+        except Exception:
+            logger.exception("handling a %s message failed", self.what)
