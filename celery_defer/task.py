@@ -123,6 +123,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
                     "timeout_at": checked.timeout_at.isoformat() if checked.timeout_at else None,
                 },
             )
+            _warn_if_outlives_results(self, checked.timeout_at)
         stored = store_for(self.app).save_deferral(
             NewDeferral(
                 task_id=task_id,
@@ -247,6 +248,25 @@ def _run_trigger_inline(trigger: BaseTrigger, timeout: float | None) -> TriggerE
         raise TriggerTimeout(
             f"trigger {type(trigger).__name__} did not fire within the timeout"
         ) from None
+
+
+def _warn_if_outlives_results(task: Task, timeout_at: datetime | None) -> None:
+    """The DEFERRED record (and Redis chord counters) expire after ``result_expires``.
+
+    A deferral allowed to outlive it reads PENDING meanwhile, and a chord
+    member can strand its chord; say so once per deferral, in the worker log.
+    """
+    expires = task.app.conf.result_expires
+    if not expires or timeout_at is None:
+        return
+    if not isinstance(expires, timedelta):
+        expires = timedelta(seconds=float(expires))
+    if timeout_at - datetime.now(timezone.utc) > expires:
+        logger.warning(
+            "task %s[%s] may stay deferred longer than result_expires (%s): its DEFERRED "
+            "state expires meanwhile and reads PENDING; raise result_expires",
+            task.name, task.request.id, expires, extra={"task_id": task.request.id},
+        )
 
 
 def _deadline_header(request: Any) -> datetime | None:
