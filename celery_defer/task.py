@@ -49,6 +49,9 @@ DEFERRED = "DEFERRED"
 
 _ERRORS = {"timeout": TriggerTimeout, "failed": TriggerFailed}
 
+#: Header counting how often a resume was re-sent because the store was unreachable.
+RESEND_HEADER = "celery_defer_resend"
+
 
 class DeferrableTask(Task):  # type: ignore[misc]
     """A Celery task that can hand its wait to a trigger and leave the worker.
@@ -157,7 +160,11 @@ class DeferrableTask(Task):  # type: ignore[misc]
         if not isinstance(generation, int) or not isinstance(method_name, str):
             raise InvalidDeferral(f"malformed {RESUME_HEADER} header: {header!r}")
         store = store_for(self.app)
-        if not store.begin_resume(task_id, generation):
+        try:
+            claimed = store.begin_resume(task_id, generation)
+        except StoreError as exc:
+            self._resend_later(exc)
+        if not claimed:
             logger.warning(
                 "dropping a stale or duplicate resume of task %s[%s] (generation %s)",
                 self.name, task_id, generation,
@@ -179,6 +186,26 @@ class DeferrableTask(Task):  # type: ignore[misc]
             raise
         _quietly(store.finish, task_id, generation)
         return result
+
+    def _resend_later(self, error: StoreError) -> NoReturn:
+        """The store is unreachable: send this resume again shortly, and drop this copy.
+
+        Like ``self.retry()`` but without consuming a retry: the message is
+        re-sent under the same id with the same options (Celery's
+        ``signature_from_request``), so the resume is delayed, never lost.
+        """
+        attempt = int((self.request.headers or {}).get(RESEND_HEADER, 0)) + 1
+        countdown = min(2.0**attempt, 60.0)
+        logger.warning(
+            "store unreachable while resuming %s[%s] (%s); resending in %.0fs",
+            self.name, self.request.id, error, countdown,
+            extra={"task_id": self.request.id, "attempt": attempt},
+        )
+        signature = self.signature_from_request(self.request)
+        headers = dict(signature.options.get("headers") or {})
+        headers[RESEND_HEADER] = attempt
+        signature.apply_async(countdown=countdown, headers=headers)
+        raise Ignore()
 
     def _run_method(self, method_name: str, message_kwargs: dict[str, Any], outcome: Any) -> Any:
         if not isinstance(outcome, dict):

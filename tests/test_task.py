@@ -19,6 +19,7 @@ from celery_defer import (
     TriggerFailed,
     TriggerTimeout,
 )
+from celery_defer.exceptions import StoreError
 from celery_defer.store import store_for
 from celery_defer.sweep import sweep
 from celery_defer.testing import FailureTrigger, SuccessTrigger
@@ -258,6 +259,26 @@ def test_the_resume_keeps_queue_and_headers(live: Live) -> None:
     routing_key, headers = result.get(timeout=10)
     assert routing_key == special
     assert headers["tenant"] == "acme"
+
+
+def test_a_resume_is_resent_while_the_store_is_unreachable(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the first claim of the resume fails as if the database were down."""
+    store = store_for(live.app)
+    real_begin = store.begin_resume
+    failures: list[str] = []
+
+    def flaky_begin(task_id: str, generation: int) -> bool:
+        if not failures:
+            failures.append(task_id)
+            raise StoreError("begin_resume failed: connection refused (injected)")
+        return real_begin(task_id, generation)
+
+    monkeypatch.setattr(store, "begin_resume", flaky_begin)
+    result = live.poll.delay("flaky")
+    assert result.get(timeout=15) == ["flaky", True]  # re-sent after ~2 s, then resumed
+    assert failures == [result.id]
 
 
 def test_a_resume_after_expires_is_revoked_as_celery_would(live: Live) -> None:
