@@ -10,7 +10,9 @@ differs per run (broker, result backend, store, queue names) comes from
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any
@@ -109,6 +111,115 @@ class NestedDefer(DeferrableTask):
         return {"label": label, "task_id": self.request.id}
 
 
+def _short_wait(seconds: float) -> BaseTrigger:
+    """A trigger firing after ``seconds`` (at once for 0)."""
+    if seconds > 0:
+        return TimeDeltaTrigger(timedelta(seconds=seconds))
+    return SuccessTrigger()
+
+
+class DeferDouble(DeferrableTask):
+    """Canvas step: defers for ``seconds``, resumes in ``finish`` and returns ``2 * x``."""
+
+    name = "proj.defer_double"
+
+    def run(self, x: int, seconds: float = 0.0) -> None:
+        self.defer(trigger=_short_wait(seconds), method_name="finish", kwargs={"x": x})
+
+    def finish(self, x: int, event: Any = None) -> int:
+        return 2 * x
+
+
+class DeferThenAdd(DeferrableTask):
+    """Canvas step: defers ``times`` times in succession, then returns ``x + times``."""
+
+    name = "proj.defer_then_add"
+
+    def run(self, x: int, times: int = 3, count: int = 0, event: Any = None) -> int:
+        if count < times:
+            self.defer(
+                trigger=SuccessTrigger(), kwargs={"x": x, "times": times, "count": count + 1}
+            )
+        return x + count
+
+
+class DeferThenFail(DeferrableTask):
+    """Defers for ``seconds``, then fails in ``explode`` with a ValueError."""
+
+    name = "proj.defer_then_fail"
+
+    def run(self, message: str, seconds: float = 0.0) -> None:
+        self.defer(trigger=_short_wait(seconds), method_name="explode", kwargs={"message": message})
+
+    def explode(self, message: str, event: Any = None) -> None:
+        raise ValueError(message)
+
+
+class RetryAfterResume(DeferrableTask):
+    """Defers once; the resumed ``again`` calls ``self.retry()`` ``times`` times."""
+
+    name = "proj.retry_after_resume"
+
+    def run(self, times: int = 2) -> None:
+        self.defer(trigger=SuccessTrigger(), method_name="again", kwargs={"times": times})
+
+    def again(self, times: int, event: Any = None) -> int:
+        if self.request.retries < times:
+            raise self.retry(countdown=0.1, max_retries=times + 1)
+        return int(self.request.retries)
+
+
+class SlowResume(DeferrableTask):
+    """Defers once (a short first execution); the resumed ``work`` sleeps ``seconds``."""
+
+    name = "proj.slow_resume"
+
+    def run(self, seconds: float = 3.0) -> None:
+        self.defer(trigger=SuccessTrigger(), method_name="work", kwargs={"seconds": seconds})
+
+    def work(self, seconds: float, event: Any = None) -> str:
+        time.sleep(seconds)
+        return "slept"
+
+
+class DeadlineTwoSeconds(DeferrableTask):
+    """A total deadline of 2 s; defers on an hour-long timer without a timeout."""
+
+    name = "proj.deadline_two_seconds"
+    deadline = 2
+
+    def run(self, event: Any = None) -> str:
+        self.defer(trigger=TimeDeltaTrigger(timedelta(hours=1)))
+        return "unreachable"
+
+
+class ReportRequest(DeferrableTask):
+    """Defers for ``seconds``; the resumed ``report`` returns what its request carries.
+
+    With ``marker``, the report is also stored in Redis under ``<marker>:report``
+    (for ``ignore_result=True``, where the backend keeps nothing).
+    """
+
+    name = "proj.report_request"
+
+    def run(self, marker: str | None = None, seconds: float = 0.0) -> None:
+        self.defer(trigger=_short_wait(seconds), method_name="report", kwargs={"marker": marker})
+
+    def report(self, marker: str | None, event: Any = None) -> dict[str, Any]:
+        delivery_info = self.request.delivery_info or {}
+        report = {
+            "task_id": self.request.id,
+            "routing_key": delivery_info.get("routing_key"),
+            "exchange": delivery_info.get("exchange"),
+            "priority": delivery_info.get("priority"),
+            "headers": dict(self.request.headers or {}),
+            "ignore_result": bool(self.request.ignore_result),
+        }
+        if marker is not None:
+            _redis().set(f"{marker}:report", json.dumps(report), ex=600)
+        return report
+
+
 def create_app(env: Mapping[str, str] | None = None) -> Celery:
     """The app, configured from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -135,8 +246,41 @@ def create_app(env: Mapping[str, str] | None = None) -> Celery:
     def ping() -> str:
         return "pong"
 
-    for task_class in (WaitThenAdd, CountDeferrals, NestedDefer):
+    for task_class in (
+        WaitThenAdd,
+        CountDeferrals,
+        NestedDefer,
+        DeferDouble,
+        DeferThenAdd,
+        DeferThenFail,
+        RetryAfterResume,
+        SlowResume,
+        DeadlineTwoSeconds,
+        ReportRequest,
+    ):
         app.register_task(task_class())
+
+    @app.task(name="proj.add", shared=False)
+    def add(x: int, y: int = 1) -> int:
+        return x + y
+
+    @app.task(name="proj.double", shared=False)
+    def double(x: int) -> int:
+        return 2 * x
+
+    @app.task(name="proj.count_call", shared=False)
+    def count_call(*args: Any, marker: str) -> int:
+        """A callback or errback (any arguments): counts its runs in Redis under ``marker``."""
+        count = int(_redis(env).incr(marker))
+        _redis(env).expire(marker, 600)
+        return count
+
+    @app.task(name="proj.sum_and_count", shared=False)
+    def sum_and_count(values: list[int], marker: str) -> dict[str, Any]:
+        """A chord callback: counts its runs in Redis under ``marker``, returns the total."""
+        runs = int(_redis(env).incr(marker))
+        _redis(env).expire(marker, 600)
+        return {"total": sum(values), "values": values, "runs": runs}
 
     @app.task(name="proj.fail_fast", base=DeferrableTask, bind=True, shared=False)
     def fail_fast(self: DeferrableTask, event: Any = None) -> str:
