@@ -8,10 +8,12 @@ fires, the task resumes on a worker under its original id.
 from celery_defer.exceptions import (
     CeleryDeferError,
     InvalidDeferral,
+    InvalidEvent,
     TaskDeferred,
     TriggerFailed,
     TriggerTimeout,
 )
+from celery_defer.external_events import send_event
 from celery_defer.sweep import install
 from celery_defer.task import DEFERRED, DeferrableTask
 from celery_defer.triggerer import Triggerer
@@ -25,10 +27,12 @@ __all__ = [
     "CeleryDeferError",
     "DeferrableTask",
     "InvalidDeferral",
+    "InvalidEvent",
     "TaskDeferred",
     "Triggerer",
     "TriggerEvent",
     "TriggerFailed",
     "TriggerTimeout",
     "install",
+    "send_event",
 ]

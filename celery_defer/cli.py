@@ -7,6 +7,7 @@ Registered through the ``celery.commands`` entry point group, which
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -14,7 +15,9 @@ import click
 from celery._state import _set_task_join_will_block
 from celery.bin.base import LOG_LEVEL, CeleryCommand, CeleryOption, handle_preload_options
 
+from celery_defer.cli_inspect import COMMANDS as INSPECTION_COMMANDS
 from celery_defer.exceptions import CeleryDeferError
+from celery_defer.external_events import send_event
 from celery_defer.store import store_for
 from celery_defer.store.schema import SCHEMA_VERSION
 from celery_defer.triggerer import Triggerer
@@ -26,9 +29,13 @@ from celery_defer.triggerer import Triggerer
               help="Most triggers run at once (default: defer_triggerer_capacity, 1000).")
 @click.option("-l", "--loglevel", cls=CeleryOption, type=LOG_LEVEL, default="INFO",
               help_group="Triggerer Options", help="Logging level.")
+@click.option("--metrics-port", cls=CeleryOption, type=click.IntRange(min=0, max=65535),
+              default=None, help_group="Triggerer Options",
+              help="Serve Prometheus metrics on this port, at /metrics.")
 @click.pass_context
 @handle_preload_options
-def triggerer(ctx: click.Context, capacity: int | None, loglevel: Any, **_: Any) -> None:
+def triggerer(ctx: click.Context, capacity: int | None, loglevel: Any,
+              metrics_port: int | None = None, **_: Any) -> None:
     """Run the triggerer: the process that runs deferred tasks' triggers."""
     app = ctx.obj.app
     # This process publishes many resumes and never waits for a result: say
@@ -39,7 +46,7 @@ def triggerer(ctx: click.Context, capacity: int | None, loglevel: Any, **_: Any)
     app.log.setup_logging_subsystem(loglevel=loglevel)
     logging.getLogger("celery_defer").setLevel(loglevel)
     try:
-        service = Triggerer(app, capacity=capacity)
+        service = Triggerer(app, capacity=capacity, metrics_port=metrics_port)
         click.echo(f"celery-defer triggerer {service.id} starting (capacity {service.capacity})")
         service.run()
     except CeleryDeferError as exc:
@@ -53,6 +60,10 @@ def defer(ctx: click.Context) -> None:
     """Manage celery-defer: the deferral store and deferred tasks."""
 
 
+for _command in INSPECTION_COMMANDS:  # list, show, cancel, stats
+    defer.add_command(_command)
+
+
 @defer.command("init-db", cls=CeleryCommand)
 @click.pass_context
 def init_db(ctx: click.Context) -> None:
@@ -63,3 +74,21 @@ def init_db(ctx: click.Context) -> None:
     except CeleryDeferError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"celery-defer schema version {SCHEMA_VERSION} is ready")
+
+
+@defer.command("send-event", cls=CeleryCommand)
+@click.argument("key")
+@click.option("--payload", default="null", show_default=True,
+              help="The event's payload, as JSON (e.g. '{\"approved\": true}').")
+@click.pass_context
+def send_event_command(ctx: click.Context, key: str, payload: str) -> None:
+    """Send an external event: tasks waiting on ExternalEventTrigger(KEY) resume."""
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="'--payload'") from exc
+    try:
+        event_id = send_event(ctx.obj.app, key, value)
+    except CeleryDeferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"sent event {key!r} (id {event_id})")

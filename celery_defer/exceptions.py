@@ -80,3 +80,7 @@ class TaskDeferred(BaseException):
             f"TaskDeferred(trigger={self.trigger!r}, method_name={self.method_name!r}, "
             f"timeout={self.timeout!r})"
         )
+
+
+class InvalidEvent(CeleryDeferError, ValueError):
+    """The external event was refused before anything was stored."""

@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "defer_sweep_interval": 15.0,
     "defer_trigger_queue": "celery_defer.triggers",
     "defer_max_kwargs_bytes": 65536,
+    "defer_triggerer_block_warning": 0.5,
+    "defer_event_retention": 86400.0,
 }
 
 _cache: weakref.WeakKeyDictionary[Any, Settings] = weakref.WeakKeyDictionary()
@@ -42,6 +44,11 @@ class Settings:
     sweep_interval: float
     trigger_queue: str
     max_kwargs_bytes: int
+    #: Seconds the triggerer's event loop may be blocked before the watchdog warns.
+    triggerer_block_warning: float
+    #: Seconds an external event counts for ExternalEventTrigger waiters; the sweep
+    #: deletes older ones.
+    event_retention: float
 
     @classmethod
     def from_app(cls, app: Celery) -> Settings:
@@ -58,6 +65,8 @@ class Settings:
             sweep_interval=_positive_float(app, "defer_sweep_interval"),
             trigger_queue=_text(app, "defer_trigger_queue"),
             max_kwargs_bytes=_positive_int(app, "defer_max_kwargs_bytes"),
+            triggerer_block_warning=_positive_float(app, "defer_triggerer_block_warning"),
+            event_retention=_positive_float(app, "defer_event_retention"),
         )
         if settings.triggerer_health_timeout <= settings.triggerer_heartbeat:
             raise ConfigurationError(

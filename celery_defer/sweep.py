@@ -1,4 +1,4 @@
-"""The beat sweep: timeouts, stranded resumes, unused triggers.
+"""The beat sweep: timeouts, stranded resumes, unused triggers, expired events.
 
 Run by celery beat as the task ``celery_defer.sweep`` every
 ``defer_sweep_interval`` seconds (:func:`install` adds the entry). Each step
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from celery_defer import resume
+from celery_defer import metrics, resume
 from celery_defer.settings import Settings
 from celery_defer.store import ResumeOrder, store_for
 
@@ -39,21 +39,16 @@ class SweepReport:
     timed_out: int
     republished: int
     triggers_deleted: int
+    #: External events older than ``defer_event_retention``, deleted.
+    events_deleted: int = 0
 
 
 def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
-    """Fail timed-out deferrals, re-send stranded resumes, delete unused triggers."""
+    """Fail timed-out deferrals, re-send stranded resumes, delete unused triggers and old events."""
     store = store_for(app)
     settings = Settings.from_app(app)
     now = now or datetime.now(timezone.utc)
-    timed_out = republished = 0
-    outcome = resume.error_outcome("timeout", TIMEOUT_MESSAGE)
-    for _ in range(_MAX_ROUNDS):
-        orders = store.claim_timed_out(now, outcome, _BATCH)
-        timed_out += len(orders)
-        _publish(app, orders)
-        if len(orders) < _BATCH:
-            break
+    timed_out = time_out_due(app, now)
     # A row left in 'firing' this long lost its publisher (a triggerer died
     # between storing the event and sending the resume): send it again. A
     # duplicate is harmless, the worker runs one generation once.
@@ -61,10 +56,44 @@ def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
     republished = len(stuck)
     _publish(app, stuck)
     deleted = store.delete_unused_triggers()
-    report = SweepReport(timed_out=timed_out, republished=republished, triggers_deleted=deleted)
-    if timed_out or republished or deleted:
+    events_deleted = _delete_expired_events(app, now)
+    report = SweepReport(timed_out=timed_out, republished=republished, triggers_deleted=deleted,
+                         events_deleted=events_deleted)
+    if timed_out or republished or deleted or events_deleted:
         logger.info("sweep: %s", report, extra=asdict(report))
     return report
+
+
+def _delete_expired_events(app: Celery, now: datetime) -> int:
+    """Delete external events past ``defer_event_retention``, in bounded batches."""
+    store = store_for(app)
+    cutoff = now - timedelta(seconds=Settings.from_app(app).event_retention)
+    deleted = 0
+    for _ in range(_MAX_ROUNDS):
+        count = store.delete_events(cutoff, _BATCH)
+        deleted += count
+        if count < _BATCH:
+            break
+    return deleted
+
+
+def time_out_due(app: Celery, now: datetime) -> int:
+    """Fail the deferrals whose timeout is before ``now``; returns how many.
+
+    The sweep's first step; :func:`celery_defer.testing.fast_forward` also
+    runs it with a moved clock. Counted in ``celery_defer.metrics.TIMED_OUT``.
+    """
+    store = store_for(app)
+    outcome = resume.error_outcome("timeout", TIMEOUT_MESSAGE)
+    timed_out = 0
+    for _ in range(_MAX_ROUNDS):
+        orders = store.claim_timed_out(now, outcome, _BATCH)
+        timed_out += len(orders)
+        metrics.TIMED_OUT.inc(len(orders))
+        _publish(app, orders)
+        if len(orders) < _BATCH:
+            break
+    return timed_out
 
 
 def _publish(app: Celery, orders: list[ResumeOrder]) -> None:

@@ -28,6 +28,7 @@ from celery.exceptions import Ignore, Retry
 from celery.signals import task_revoked
 
 from celery_defer import events, notices, serialization
+from celery_defer.eager import InlineRuntime
 from celery_defer.exceptions import (
     InvalidDeferral,
     StoreError,
@@ -39,6 +40,7 @@ from celery_defer.resume import DEADLINE_HEADER, FAIL_METHOD, RESUME_HEADER, sna
 from celery_defer.settings import Settings
 from celery_defer.store import NewDeferral, store_for
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.context import use_runtime
 from celery_defer.triggers.execution import first_event
 from celery_defer.validation import EVENT_KWARG, check_deferral, check_method
 
@@ -260,7 +262,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
             timeout = None
             if checked.timeout_at is not None:
                 timeout = (checked.timeout_at - datetime.now(timezone.utc)).total_seconds()
-            event = _run_trigger_inline(deferred.trigger, timeout)
+            event = _run_trigger_inline(self.app, deferred.trigger, timeout)
             method_kwargs = serialization.loads(checked.kwargs, where="kwargs")
             try:
                 return getattr(self, checked.method)(**method_kwargs, **{EVENT_KWARG: event})
@@ -268,9 +270,11 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 deferred = again
 
 
-def _run_trigger_inline(trigger: BaseTrigger, timeout: float | None) -> TriggerEvent:
+def _run_trigger_inline(app: Any, trigger: BaseTrigger, timeout: float | None) -> TriggerEvent:
     try:
-        return asyncio.run(asyncio.wait_for(first_event(trigger), timeout))
+        # asyncio.run's task copies this context: the trigger finds the runtime.
+        with use_runtime(InlineRuntime(app)):
+            return asyncio.run(asyncio.wait_for(first_event(trigger), timeout))
     except asyncio.TimeoutError:
         raise TriggerTimeout(
             f"trigger {type(trigger).__name__} did not fire within the timeout"

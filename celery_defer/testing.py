@@ -1,18 +1,41 @@
-"""Triggers for users' tests: one that fires at once, one that fails at once.
+"""Helpers for users' tests of deferrable tasks.
 
-They let a test exercise a deferrable task's resume path and its failure path
-without waiting on a clock or an external system, whether the task runs
-eagerly or through a real worker and triggerer.
+* :class:`SuccessTrigger` and :class:`FailureTrigger` fire, or fail, at once:
+  they exercise a task's resume path and failure path without waiting on a
+  clock or an external system, eagerly or through a real worker and triggerer.
+* Time skipping: :func:`skip_time` and :func:`fast_forward` move the clock
+  that ``DateTimeTrigger`` and ``TimeDeltaTrigger`` go by, and wake the timers
+  sleeping on it, so a test of a task that waits a day runs in milliseconds.
+  They act on timer triggers in *this process*: an eager task, or a worker and
+  a triggerer started in the test (see :mod:`celery_defer.contrib.pytest`),
+  not a triggerer in another process.
+* :func:`wait_until_deferred` waits for a task to reach ``DEFERRED``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
+from celery_defer.sweep import time_out_due
+from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 
-__all__ = ["FailureTrigger", "SuccessTrigger"]
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
+
+__all__ = [
+    "FailureTrigger",
+    "SuccessTrigger",
+    "fast_forward",
+    "reset_clock",
+    "skip_time",
+    "wait_until_deferred",
+]
 
 
 class SuccessTrigger(BaseTrigger):
@@ -44,3 +67,68 @@ class FailureTrigger(BaseTrigger):
 def _fail_on_purpose() -> None:
     # Typed "-> None", not NoReturn, so that mypy does not flag the yield above as unreachable.
     raise RuntimeError("FailureTrigger failed on purpose")
+
+
+# -- time skipping -------------------------------------------------------------
+
+
+@contextmanager
+def skip_time() -> Iterator[None]:
+    """Inside the block, timer triggers fire as soon as they start waiting.
+
+    Every sleep of a ``DateTimeTrigger``/``TimeDeltaTrigger`` in this process
+    ends at once and the timer clock jumps to its end; timers already asleep
+    are woken. Their payload is still their moment, so the resumed task sees
+    exactly what it would have seen a day later. On exit the clock returns to
+    where it was. Works as a decorator too::
+
+        with skip_time():
+            assert wait_a_day.delay(2).get(timeout=10) == 4
+    """
+    with clock.skipping():
+        yield
+
+
+def fast_forward(app: Celery | None, delta: timedelta | float) -> None:
+    """Move the timer clock ``delta`` (a timedelta or seconds) ahead, now.
+
+    Timer triggers of this process that are due after the move fire at once
+    (sleeping ones are woken); the others keep waiting for the rest. With an
+    ``app``, deferral timeouts follow the moved clock too: those of the app's
+    deferrals that are now past their ``timeout`` fail with ``TriggerTimeout``,
+    as the next sweep would make them. The move lasts until
+    :func:`reset_clock` (the ``celery_defer_triggerer`` fixture resets it).
+    """
+    if isinstance(delta, bool) or not isinstance(delta, (timedelta, int, float)):
+        raise TypeError(f"fast_forward needs a timedelta or seconds, got {delta!r}")
+    if not isinstance(delta, timedelta):
+        delta = timedelta(seconds=delta)
+    if delta < timedelta(0):
+        raise ValueError(f"fast_forward cannot go back in time: {delta!r}")
+    clock.shift(delta)
+    if app is not None:
+        time_out_due(app, clock.now())
+
+
+def reset_clock() -> None:
+    """Put the timer clock back on the wall clock (undo every :func:`fast_forward`)."""
+    clock.reset()
+
+
+def wait_until_deferred(result: AsyncResult, timeout: float = 10.0) -> None:
+    """Wait until the task of ``result`` is ``DEFERRED`` (e.g. before a fast_forward).
+
+    Raises ``AssertionError`` naming the state it saw if the task ends first or
+    ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        state = result.state
+        if state == "DEFERRED":
+            return
+        if result.ready():
+            raise AssertionError(f"task {result.id} ended {state} without deferring")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {result.id} is still {state} after {timeout}s, "
+                                 "not DEFERRED: is a worker running?")
+        time.sleep(0.01)

@@ -42,9 +42,12 @@ def total(values: list[int]) -> int:
     return sum(values)
 
 
+CALLBACKS: list[str] = []
+
+
 @app.task(name="canvas.report")
 def report(value: Any, label: str) -> None:
-    print(f"  callback {label!r} got {value!r}")
+    CALLBACKS.append(f"  callback {label!r} got {value!r}")
 
 
 @app.task(base=DeferrableTask, bind=True, name="canvas.slow_double")
@@ -78,7 +81,10 @@ def main() -> None:
         # link fires at the real end, not when the task deferred.
         result = slow_double.apply_async((21,), link=report.s(label="link"))
         print("link  : state while waiting =", _state_soon(result), "-> result", result.get(10))
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while not CALLBACKS and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print("\n".join(CALLBACKS))
 
         # revoke() cancels the deferral: the trigger stops and the task ends REVOKED.
         waiting = wait_an_hour.delay()

@@ -92,4 +92,4 @@ def test_install_on_a_configured_app(store_url: str) -> None:
     assert entry["schedule"] == 0.5
     report = app.tasks[SWEEP_TASK_NAME].apply().get()
     assert json.loads(json.dumps(report)) == {"timed_out": 0, "republished": 0,
-                                              "triggers_deleted": 0}
+                                              "triggers_deleted": 0, "events_deleted": 0}

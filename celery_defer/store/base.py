@@ -15,10 +15,14 @@ from datetime import datetime
 from celery_defer.store.records import (
     Cancelled,
     ClaimedTrigger,
+    DeferralDetail,
     DeferralInfo,
+    DeferralSummary,
+    ExternalEvent,
     NewDeferral,
     ResumeOrder,
     StoredDeferral,
+    StoreStats,
     TriggerOutcome,
 )
 
@@ -116,3 +120,43 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    # -- external events (celery_defer.store.events) ------------------------
+
+    @abc.abstractmethod
+    def add_event(self, key: str, payload: str) -> ExternalEvent:
+        """Store an external event (``payload`` is typed-JSON text), stamped now."""
+
+    @abc.abstractmethod
+    def latest_events(
+        self, keys: Sequence[str], not_before: datetime
+    ) -> dict[str, ExternalEvent]:
+        """The newest event of each key created at or after ``not_before``.
+
+        Keys without such an event are absent. One call serves every waiter
+        of a triggerer, however many keys it watches.
+        """
+
+    @abc.abstractmethod
+    def delete_events(self, older_than: datetime, limit: int) -> int:
+        """Delete up to ``limit`` events created before ``older_than``; returns how many."""
+
+    # -- inspection (celery_defer.store.inspection) -------------------------
+
+    @abc.abstractmethod
+    def list_deferrals(
+        self,
+        states: Sequence[str] = (),
+        task_name: str | None = None,
+        trigger_contains: str | None = None,
+        limit: int = 100,
+    ) -> list[DeferralSummary]:
+        """Deferrals, oldest first, filtered by state, exact task name, classpath substring."""
+
+    @abc.abstractmethod
+    def describe_deferral(self, task_id: str) -> DeferralDetail | None:
+        """One deferral with its kwargs, trigger kwargs and outcome, or None."""
+
+    @abc.abstractmethod
+    def stats(self) -> StoreStats:
+        """Triggerers and what they run, deferrals by state, the oldest deferral."""

@@ -96,3 +96,71 @@ class DeferralInfo:
     timeout_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ExternalEvent:
+    """An event sent with ``celery_defer.send_event``; ``payload`` is typed-JSON text."""
+
+    id: int
+    key: str
+    payload: str
+    created_at: datetime
+
+
+# -- inspection (celery_defer.store.inspection) --------------------------------
+
+
+@dataclass(frozen=True)
+class DeferralSummary:
+    """A deferral as ``celery defer list`` shows it.
+
+    It carries no user values: kwargs and trigger kwargs may hold secrets, and
+    a listing is the kind of output that ends up pasted into a ticket.
+    ``trigger_classpath`` and ``triggerer_id`` are None once the trigger
+    fired (the deferral is then past ``deferred``) or while no triggerer owns it.
+    """
+
+    task_id: str
+    task_name: str
+    state: str
+    generation: int
+    method: str
+    trigger_id: int | None
+    trigger_classpath: str | None
+    triggerer_id: str | None
+    timeout_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DeferralDetail(DeferralSummary):
+    """One deferral with its stored values (typed-JSON text), for ``celery defer show``."""
+
+    kwargs: str
+    trigger_kwargs: str | None
+    outcome: str | None
+
+
+@dataclass(frozen=True)
+class TriggererStatus:
+    """A registered triggerer and how many triggers it owns now."""
+
+    id: str
+    host: str
+    pid: int
+    capacity: int
+    running: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What ``celery defer stats`` reports: triggerers, deferrals by state, the oldest one."""
+
+    triggerers: list[TriggererStatus]
+    by_state: dict[str, int]
+    oldest: DeferralSummary | None
+    unowned_triggers: int

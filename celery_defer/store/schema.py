@@ -19,9 +19,11 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import mysql
 
 #: Bumped whenever a table changes; ``create_schema`` upgrades older stores.
-SCHEMA_VERSION = 1
+#: 2: ``defer_events`` (external events) added.
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -59,6 +61,17 @@ triggers = Table(
     sqlite_autoincrement=True,
 )
 
+#: Claims take unowned triggers in id order. Where the dialect has partial
+#: indexes, this one keeps a claim proportional to its batch however many
+#: triggers are owned; it came after schema version 1 (no table changed), so
+#: ``create_schema`` adds it to existing stores.
+unowned_triggers = Index(
+    "ix_defer_triggers_unowned",
+    triggers.c.id,
+    postgresql_where=triggers.c.triggerer_id.is_(None),
+    sqlite_where=triggers.c.triggerer_id.is_(None),
+).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # a tuple is documented
+
 deferrals = Table(
     "defer_deferrals",
     metadata,
@@ -82,4 +95,23 @@ deferrals = Table(
     Column("updated_at", DateTime, nullable=False),
     Index("ix_defer_deferrals_state_timeout", "state", "timeout_at"),
     Index("ix_defer_deferrals_state_updated", "state", "updated_at"),
+)
+
+#: External events (``celery_defer.send_event``), kept ``defer_event_retention``
+#: seconds. Added in schema version 2: ``create_all(checkfirst=True)`` creates it
+#: in a version 1 store. Waiters look up the newest event per key at or after a
+#: cutoff, hence (key, created_at); the sweep deletes by age, hence created_at.
+external_events = Table(
+    "defer_events",
+    metadata,
+    Column("id", _TriggerId, primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False),
+    Column("payload", Text, nullable=False),
+    # Microseconds on MySQL too (its DATETIME rounds to the second), since
+    # ``since`` compares to the instant an event was sent.
+    Column("created_at", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+           nullable=False),
+    Index("ix_defer_events_key_created", "key", "created_at"),
+    Index("ix_defer_events_created", "created_at"),
+    sqlite_autoincrement=True,
 )

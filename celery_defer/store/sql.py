@@ -13,24 +13,35 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
+    Select,
+    Text,
+    any_,
+    bindparam,
+    column,
     delete,
     exists,
+    func,
     insert,
     inspect,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.schema import CreateIndex
 
 from celery_defer.exceptions import ConfigurationError
 from celery_defer.store.base import Store
 from celery_defer.store.engine import create_store_engine, to_naive_utc, translated, utcnow
+from celery_defer.store.events import EventQueries
+from celery_defer.store.inspection import InspectionQueries
 from celery_defer.store.records import (
     DEFERRED,
     FIRING,
@@ -51,9 +62,12 @@ from celery_defer.store.schema import (
     schema_info,
     triggerers,
     triggers,
+    unowned_triggers,
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _ORDER_COLUMNS = (
     deferrals.c.task_id,
@@ -64,6 +78,54 @@ _ORDER_COLUMNS = (
     deferrals.c.request,
     deferrals.c.outcome,
 )
+
+
+#: Most ids in one ``IN (...)`` list: drivers take at most 65,535 parameters
+#: (psycopg, asyncpg) or 32,766 (SQLite), and a short list plans well.
+_IN_CHUNK = 1000
+
+
+def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
+
+
+def _postgresql_fire() -> Select[Any]:
+    """fire() on PostgreSQL: one statement, one round trip, whatever the batch.
+
+    Locks the waiting deferrals in (trigger, task) order (so two triggerers
+    firing overlapping batches cannot deadlock), moves them to ``firing``
+    with their trigger's outcome, deletes the triggers, and returns the
+    resume orders. Parameters: ``ids`` and ``outcomes`` (parallel arrays) and ``now``.
+    """
+    ids = bindparam("ids", type_=ARRAY(BigInteger))
+    outcomes = bindparam("outcomes", type_=ARRAY(Text))
+    locked = (
+        select(deferrals.c.task_id)
+        .where(deferrals.c.trigger_id == any_(ids), deferrals.c.state == DEFERRED)
+        .order_by(deferrals.c.trigger_id, deferrals.c.task_id)
+        .with_for_update()
+        .cte("locked")
+    )
+    pairs = (
+        func.unnest(ids, outcomes)
+        .table_valued(column("trigger_id", BigInteger), column("outcome", Text))
+        .render_derived(name="pairs")
+    )
+    fired = (
+        update(deferrals)
+        .where(deferrals.c.task_id == locked.c.task_id,
+               deferrals.c.trigger_id == pairs.c.trigger_id)
+        .values(state=FIRING, outcome=pairs.c.outcome, trigger_id=None,
+                updated_at=bindparam("now"))
+        .returning(*_ORDER_COLUMNS)
+        .cte("fired")
+    )
+    gone = delete(triggers).where(triggers.c.id == any_(ids)).cte("gone")
+    return select(fired).add_cte(gone)
+
+
+_POSTGRESQL_FIRE = _postgresql_fire()
 
 
 def _order(row: Any) -> ResumeOrder:
@@ -78,7 +140,7 @@ def _order(row: Any) -> ResumeOrder:
     )
 
 
-class SqlStore(Store):
+class SqlStore(EventQueries, InspectionQueries, Store):
     """A :class:`~celery_defer.store.base.Store` on any SQLAlchemy 2 database."""
 
     def __init__(self, url: str, *, create_schema: bool = True) -> None:
@@ -111,6 +173,7 @@ class SqlStore(Store):
                 # CREATE fails; the tables exist now, so check again.
                 if attempt == 2:
                     raise
+        self._add_later_indexes()
         with self.engine.begin() as conn:
             version = conn.execute(select(schema_info.c.version)).scalar()
             if version is None:
@@ -120,7 +183,26 @@ class SqlStore(Store):
                     f"the store at {self.url!r} has schema version {version}, newer than "
                     f"this celery-defer understands ({SCHEMA_VERSION}): upgrade celery-defer"
                 )
+            elif version < SCHEMA_VERSION:
+                # create_all above added the newer tables; record the upgrade.
+                conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
         self._schema_checked = True
+
+    def _add_later_indexes(self) -> None:
+        """Indexes added after the tables shipped (``create_all`` skips existing tables)."""
+        if self.dialect not in ("postgresql", "sqlite"):
+            return
+        if inspect(self.engine).has_index(triggers.name, str(unowned_triggers.name)):
+            return
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(CreateIndex(unowned_triggers, if_not_exists=True))
+                return
+            except (IntegrityError, OperationalError):
+                # Another process created it at the same moment.
+                if attempt == 2:
+                    raise
 
     @translated
     def schema_version(self) -> int | None:
@@ -283,19 +365,42 @@ class SqlStore(Store):
                     .values(triggerer_id=None)
                 )
                 conn.execute(delete(triggerers).where(triggerers.c.id.in_(dead)))
-            rows = conn.execute(
-                select(triggers.c.id, triggers.c.classpath, triggers.c.kwargs)
+            unowned = (
+                select(triggers.c.id)
                 .where(triggers.c.triggerer_id.is_(None))
                 .order_by(triggers.c.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
-            ).all()
-            if rows:
-                conn.execute(
-                    update(triggers)
-                    .where(triggers.c.id.in_([row.id for row in rows]))
-                    .values(triggerer_id=triggerer_id)
+            )
+            claimed = (triggers.c.id, triggers.c.classpath, triggers.c.kwargs)
+            if self.dialect == "postgresql":
+                # PostgreSQL plans "id IN (subquery)" as a hash join over the
+                # whole table; "= ANY(ARRAY(subquery))" is primary-key lookups.
+                picked = triggers.c.id == any_(func.array(unowned.scalar_subquery()))
+            else:
+                picked = triggers.c.id.in_(unowned.scalar_subquery())
+            if conn.dialect.update_returning:
+                # One statement, one round trip, whatever the limit
+                # (PostgreSQL; SQLite >= 3.35, where BEGIN IMMEDIATE locks).
+                rows = sorted(
+                    conn.execute(
+                        update(triggers)
+                        .where(picked)
+                        .values(triggerer_id=triggerer_id)
+                        .returning(*claimed)
+                    ),
+                    key=lambda row: row.id,
                 )
+            else:
+                # MySQL allows no LIMIT in an IN subquery: lock, then update
+                # in chunks (a driver takes at most 65,535 parameters).
+                rows = list(conn.execute(unowned.with_only_columns(*claimed)))
+                for ids in _chunks([row.id for row in rows]):
+                    conn.execute(
+                        update(triggers)
+                        .where(triggers.c.id.in_(ids))
+                        .values(triggerer_id=triggerer_id)
+                    )
         return [ClaimedTrigger(id=int(r.id), classpath=r.classpath, kwargs=r.kwargs) for r in rows]
 
     @translated
@@ -315,37 +420,48 @@ class SqlStore(Store):
         by_trigger = {o.trigger_id: o.outcome for o in outcomes}
         now = utcnow()
         orders: list[ResumeOrder] = []
+        trigger_ids = sorted(by_trigger)
         with self._begin() as conn:
-            waiting = conn.execute(
-                select(deferrals.c.task_id, deferrals.c.trigger_id)
-                .where(
-                    deferrals.c.trigger_id.in_(list(by_trigger)),
-                    deferrals.c.state == DEFERRED,
+            if self.dialect == "postgresql":
+                rows = conn.execute(_POSTGRESQL_FIRE, {
+                    "ids": trigger_ids, "outcomes": [by_trigger[i] for i in trigger_ids],
+                    "now": now,
+                })
+                return [_order(row) for row in rows]
+            # Locked in (trigger, task) order across chunks, so two triggerers
+            # firing overlapping batches cannot deadlock.
+            for ids in _chunks(trigger_ids):
+                waiting = conn.execute(
+                    select(*(c for c in _ORDER_COLUMNS if c is not deferrals.c.outcome),
+                           deferrals.c.trigger_id)
+                    .where(deferrals.c.trigger_id.in_(ids), deferrals.c.state == DEFERRED)
+                    .order_by(deferrals.c.trigger_id, deferrals.c.task_id)
+                    .with_for_update()
+                ).all()
+                orders.extend(
+                    ResumeOrder(
+                        task_id=r.task_id, task_name=r.task_name, generation=r.generation,
+                        method=r.method, kwargs=r.kwargs, request=r.request,
+                        outcome=by_trigger[r.trigger_id],
+                    )
+                    for r in waiting
                 )
-                .order_by(deferrals.c.task_id)
-                .with_for_update()
-            ).all()
-            for row in waiting:
+            if orders:
+                # One executemany (pipelined by psycopg), not one round trip per deferral.
                 conn.execute(
                     update(deferrals)
-                    .where(deferrals.c.task_id == row.task_id, deferrals.c.state == DEFERRED)
+                    .where(
+                        deferrals.c.task_id == bindparam("b_task_id"),
+                        deferrals.c.state == DEFERRED,
+                    )
                     .values(
-                        state=FIRING,
-                        outcome=by_trigger[row.trigger_id],
-                        trigger_id=None,
+                        state=FIRING, outcome=bindparam("b_outcome"), trigger_id=None,
                         updated_at=now,
-                    )
+                    ),
+                    [{"b_task_id": o.task_id, "b_outcome": o.outcome} for o in orders],
                 )
-            if waiting:
-                orders = [
-                    _order(r)
-                    for r in conn.execute(
-                        select(*_ORDER_COLUMNS).where(
-                            deferrals.c.task_id.in_([w.task_id for w in waiting])
-                        )
-                    )
-                ]
-            conn.execute(delete(triggers).where(triggers.c.id.in_(list(by_trigger))))
+            for ids in _chunks(trigger_ids):
+                conn.execute(delete(triggers).where(triggers.c.id.in_(ids)))
         return orders
 
     @translated
@@ -354,16 +470,16 @@ class SqlStore(Store):
             return
         now = utcnow()
         with self._begin() as conn:
-            for order in orders:
-                conn.execute(
-                    update(deferrals)
-                    .where(
-                        deferrals.c.task_id == order.task_id,
-                        deferrals.c.generation == order.generation,
-                        deferrals.c.state == FIRING,
-                    )
-                    .values(state=RESUMED, updated_at=now)
+            conn.execute(
+                update(deferrals)
+                .where(
+                    deferrals.c.task_id == bindparam("b_task_id"),
+                    deferrals.c.generation == bindparam("b_generation"),
+                    deferrals.c.state == FIRING,
                 )
+                .values(state=RESUMED, updated_at=now),
+                [{"b_task_id": o.task_id, "b_generation": o.generation} for o in orders],
+            )
 
     @translated
     def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
@@ -376,11 +492,15 @@ class SqlStore(Store):
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
-            for row in due:
+            if due:
                 conn.execute(
                     update(deferrals)
-                    .where(deferrals.c.task_id == row.task_id, deferrals.c.state == DEFERRED)
-                    .values(state=FIRING, outcome=outcome, trigger_id=None, updated_at=utcnow())
+                    .where(
+                        deferrals.c.task_id == bindparam("b_task_id"),
+                        deferrals.c.state == DEFERRED,
+                    )
+                    .values(state=FIRING, outcome=outcome, trigger_id=None, updated_at=utcnow()),
+                    [{"b_task_id": row.task_id} for row in due],
                 )
         return [
             ResumeOrder(

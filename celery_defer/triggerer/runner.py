@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celery_defer import resume, serialization
 from celery_defer.exceptions import SerializationError, StoreError, TriggerFailed
 from celery_defer.settings import Settings
-from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
+from celery_defer.store import ClaimedTrigger, ResumeOrder, Store, TriggerOutcome
+from celery_defer.triggerer.metrics import TriggererMetrics
 from celery_defer.triggers.base import BaseTrigger
-from celery_defer.triggers.execution import first_event
+from celery_defer.triggers.execution import describe, first_event
 from celery_defer.validation import resolve_trigger_class
 
 if TYPE_CHECKING:
@@ -34,6 +35,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celery_defer.triggerer")
 
 T = TypeVar("T")
+
+#: Most triggers claimed in one store transaction.
+CLAIM_BATCH = 1000
+
+#: Claims start at most this often (seconds), so that a burst of new-trigger
+#: notices costs one transaction, not one each.
+CLAIM_INTERVAL = 0.01
+
+#: Published resumes are recorded as such in one transaction per this many
+#: seconds. It is bookkeeping off the critical path: the sweep re-sends a row
+#: still 'firing' only after the health timeout, and workers accept either state.
+MARK_INTERVAL = 0.1
 
 
 class TriggerRunner:
@@ -56,8 +69,13 @@ class TriggerRunner:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._outcome_ready = asyncio.Event()
+        # Whether the last claim stopped at capacity, leaving triggers behind.
+        self._unowned_left = True
+        self._published: list[ResumeOrder] = []
+        self._published_ready = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.registered: Callable[[], None] = lambda: None
+        self.metrics = TriggererMetrics()
 
     # -- control, callable from the loop thread ----------------------------
 
@@ -87,14 +105,17 @@ class TriggerRunner:
                 asyncio.create_task(self._claim_loop(), name="claim"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(self._fire_loop(), name="fire"),
+                asyncio.create_task(self._mark_loop(), name="mark-resumed"),
             ]
             await self._stop.wait()
             for task in side[:2]:
                 task.cancel()
             await self._cancel_triggers(list(self.running))
-            side[2].cancel()
+            for task in side[2:]:
+                task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             await self._flush()  # events that arrived before the stop
+            await self._mark_published()
             released = await self._call(self.store.unregister_triggerer, self.triggerer_id)
             logger.info("triggerer %s stopped; handed back %d triggers",
                         self.triggerer_id, released, extra={"triggerer_id": self.triggerer_id})
@@ -125,20 +146,40 @@ class TriggerRunner:
 
     async def _claim_loop(self) -> None:
         scan = self.settings.triggerer_heartbeat
+        loop = asyncio.get_running_loop()
         while True:
-            free = self.capacity - len(self.running)
-            if free > 0:
-                try:
-                    claimed = await self._call(self.store.claim_triggers, self.triggerer_id,
-                                               free, self.settings.triggerer_health_timeout)
-                except StoreError as exc:
-                    logger.warning("claiming triggers failed: %s", exc)
-                    claimed = []
-                for row in claimed:
-                    self._start(row)
+            began = loop.time()
+            await self._claim_free_slots()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=scan)
+            # Notices of a burst of deferrals share one claim.
+            pause = CLAIM_INTERVAL - (loop.time() - began)
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
+
+    async def _claim_free_slots(self) -> None:
+        """Claim in batches of CLAIM_BATCH until the slots or the unowned rows run out.
+
+        Short transactions that lock few rows, and the first triggers run
+        while the rest are still being claimed.
+        """
+        while (free := self.capacity - len(self.running)) > 0:
+            limit = min(free, CLAIM_BATCH)
+            try:
+                claimed = await self._call(self.store.claim_triggers, self.triggerer_id,
+                                           limit, self.settings.triggerer_health_timeout)
+            except StoreError as exc:
+                logger.warning("claiming triggers failed: %s", exc)
+                return
+            for row in claimed:
+                self._start(row)
+            if len(claimed) < limit:
+                # None left: a freed slot need not claim; new triggers come
+                # with a notice, or at the next scan.
+                self._unowned_left = False
+                return
+        self._unowned_left = True
 
     def _start(self, row: ClaimedTrigger) -> None:
         if row.id in self.running:
@@ -149,10 +190,12 @@ class TriggerRunner:
                                                                        where="trigger kwargs"))
         except Exception as exc:
             message = f"trigger {row.classpath} could not be rebuilt: {exc}"
-            logger.error(message, extra={"trigger_id": row.id})
+            logger.error(message, extra={"trigger_id": row.id, "trigger": row.classpath})
+            self.metrics.failed.inc()
             self._submit(TriggerOutcome(row.id, resume.error_outcome("failed", message)))
             return
-        logger.debug("running trigger %s: %r", row.id, trigger, extra={"trigger_id": row.id})
+        logger.debug("running trigger %s: %r", row.id, trigger,
+                     extra={"trigger_id": row.id, "trigger": describe(trigger)})
         self.running[row.id] = asyncio.create_task(self._run(row.id, trigger),
                                                    name=f"trigger-{row.id}")
 
@@ -165,14 +208,18 @@ class TriggerRunner:
                 raise TriggerFailed(
                     f"{type(trigger).__name__} yielded a payload that cannot be stored: {exc}"
                 ) from exc
-            logger.info("trigger %s fired", trigger_id, extra={"trigger_id": trigger_id})
+            self.metrics.record_fire(trigger, event)
+            logger.info("trigger %s (%s) fired", trigger_id, describe(trigger),
+                        extra={"trigger_id": trigger_id, "trigger": describe(trigger)})
         except TriggerFailed as exc:
+            self.metrics.failed.inc()
             logger.warning("trigger %s failed: %s", trigger_id, exc,
-                           extra={"trigger_id": trigger_id})
+                           extra={"trigger_id": trigger_id, "trigger": describe(trigger)})
             outcome = resume.error_outcome("failed", str(exc))
         finally:
             self.running.pop(trigger_id, None)
-            self._wake.set()  # a slot is free
+            if self._unowned_left:
+                self._wake.set()  # a slot is free and a trigger may be waiting for one
         self._submit(TriggerOutcome(trigger_id, outcome))
 
     async def _cancel_triggers(self, trigger_ids: list[int]) -> None:
@@ -212,13 +259,27 @@ class TriggerRunner:
                 continue
             sent = await self._call(resume.publish, self.app, orders)
             if sent:
-                try:
-                    await self._call(self.store.mark_resumed, sent)
-                except StoreError as exc:
-                    # Harmless: the rows stay 'firing', the worker accepts
-                    # the resume from that state, the sweep may send it
-                    # again, and the worker drops the duplicate.
-                    logger.warning("recording %d published resumes failed: %s", len(sent), exc)
+                self._published.extend(sent)
+                self._published_ready.set()
+
+    async def _mark_loop(self) -> None:
+        while True:
+            await self._published_ready.wait()
+            await asyncio.sleep(MARK_INTERVAL)  # let more resumes join the transaction
+            self._published_ready.clear()
+            await self._mark_published()
+
+    async def _mark_published(self) -> None:
+        batch, self._published = self._published, []
+        if not batch:
+            return
+        try:
+            await self._call(self.store.mark_resumed, batch)
+        except StoreError as exc:
+            # Harmless: the rows stay 'firing', the worker accepts the
+            # resume from that state, the sweep may send it again, and the
+            # worker drops the duplicate.
+            logger.warning("recording %d published resumes failed: %s", len(batch), exc)
 
     # -- revocation ---------------------------------------------------------
 

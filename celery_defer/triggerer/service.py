@@ -5,6 +5,10 @@ stop); ``start()`` runs the same loop in a background thread for embedding
 and tests; ``stop()`` cancels every trigger (each one's ``cleanup()`` runs),
 stores the events that already arrived and hands the remaining triggers back
 so another triggerer can take them at once.
+
+While it runs, a watchdog thread reports a blocked event loop
+(:mod:`celery_defer.triggerer.watchdog`), and with ``metrics_port`` its
+counters are served to Prometheus (:mod:`celery_defer.triggerer.metrics`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from celery_defer.exceptions import CeleryDeferError, ConfigurationError
+from celery_defer.external_events import event_hint_listener
 from celery_defer.listener import BrokerListener
 from celery_defer.notices import notice_listener
 from celery_defer.revocations import revoke_listener
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
+from celery_defer.triggerer.metrics import MetricsServer
 from celery_defer.triggerer.runner import TriggerRunner
+from celery_defer.triggerer.runtime import TriggererRuntime
+from celery_defer.triggerer.watchdog import LoopWatchdog
+from celery_defer.triggers.context import use_runtime
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -45,14 +54,29 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class Triggerer:
-    """Runs triggers for ``app`` until stopped; see the module docstring."""
+    """Runs triggers for ``app`` until stopped; see the module docstring.
 
-    def __init__(self, app: Celery, capacity: int | None = None) -> None:
+    ``metrics_port``: serve Prometheus metrics at ``http://0.0.0.0:PORT/metrics``
+    while running (0 picks a free port; see :attr:`metrics_address`).
+    """
+
+    def __init__(
+        self, app: Celery, capacity: int | None = None, metrics_port: int | None = None
+    ) -> None:
         settings = Settings.from_app(app)
         if capacity is None:
             capacity = settings.triggerer_capacity
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
             raise ConfigurationError(f"capacity must be a positive integer, got {capacity!r}")
+        if metrics_port is not None and (
+            isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
+            or not 0 <= metrics_port <= 65535
+        ):
+            raise ConfigurationError(f"metrics_port must be a port number, got {metrics_port!r}")
+        self.metrics_port = metrics_port
+        #: (host, port) the metrics are served on while running, else None.
+        self.metrics_address: tuple[str, int] | None = None
+        self.block_warning = settings.triggerer_block_warning
         self.app = app
         self.capacity = capacity
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -82,11 +106,20 @@ class Triggerer:
         def on_revoke(task_ids: list[str]) -> None:
             loop.call_soon_threadsafe(runner.revoke, task_ids)
 
+        # What TaskResultTrigger and ExternalEventTrigger wait through.
+        runtime = TriggererRuntime(self.app, runner.store)
+
+        def on_event_hint(key: str) -> None:
+            loop.call_soon_threadsafe(runtime.hint, key)
+
         listeners = [notice_listener(self.app, on_notice),
-                     revoke_listener(self.app, self.id, on_revoke)]
+                     revoke_listener(self.app, self.id, on_revoke),
+                     event_hint_listener(self.app, self.id, on_event_hint)]
         self._listeners = listeners
         self._loop, self._runner = loop, runner
         in_main_thread = threading.current_thread() is threading.main_thread()
+        watchdog = LoopWatchdog(loop, self.block_warning, on_stall=runner.metrics.loop_blocked.inc)
+        metrics_server: MetricsServer | None = None
         try:
             asyncio.set_event_loop(loop)
             if in_main_thread:
@@ -94,16 +127,32 @@ class Triggerer:
                     loop.add_signal_handler(signum, runner.request_stop)
             for listener in listeners:
                 listener.start()
-            loop.run_until_complete(runner.main())
+            if self.metrics_port is not None:
+                metrics_server = MetricsServer(
+                    self.metrics_port,
+                    lambda: runner.metrics.render(len(runner.running), runner.capacity),
+                )
+                metrics_server.start()
+                self.metrics_address = metrics_server.address
+            # Started by the loop itself, so the watchdog's first heartbeat
+            # does not count the time before the loop runs.
+            loop.call_soon(watchdog.start, threading.get_ident())
+            # Every task of the loop copies this context: triggers find the runtime.
+            with use_runtime(runtime):
+                loop.run_until_complete(runner.main())
         except BaseException as exc:
             self._error = exc
             raise
         finally:
+            watchdog.stop()
+            if metrics_server is not None:
+                metrics_server.stop()
             for listener in listeners:
                 listener.stop()
             if in_main_thread:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
+            loop.run_until_complete(runtime.aclose())
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()

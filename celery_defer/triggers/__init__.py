@@ -8,6 +8,17 @@ can move without breaking deferrals already in the database.
 from __future__ import annotations
 
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.external_event import ExternalEventTrigger
+from celery_defer.triggers.filesystem import FileTrigger
+from celery_defer.triggers.task_result import TaskResultTrigger
 from celery_defer.triggers.temporal import DateTimeTrigger, TimeDeltaTrigger
 
-__all__ = ["BaseTrigger", "DateTimeTrigger", "TimeDeltaTrigger", "TriggerEvent"]
+__all__ = [
+    "BaseTrigger",
+    "DateTimeTrigger",
+    "ExternalEventTrigger",
+    "FileTrigger",
+    "TaskResultTrigger",
+    "TimeDeltaTrigger",
+    "TriggerEvent",
+]

@@ -6,17 +6,22 @@ on many thousands of moments at no cost. The loop's timer is monotonic, which
 alone would drift from the wall clock across an NTP step, a suspend or a long
 wait; so a trigger never sleeps more than an hour and re-reads the wall clock
 after every sleep, which keeps it from firing early or much too late.
+
+Both read the time and sleep through :mod:`celery_defer.triggers.clock`, which
+tests can move (:func:`celery_defer.testing.fast_forward`, ``skip_time``):
+a sleep there is a loop timer that a clock shift can also end early.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from celery_defer.exceptions import InvalidDeferral
+from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.clock import sleep as _sleep
 
 __all__ = ["MAX_SLEEP", "DateTimeTrigger", "TimeDeltaTrigger"]
 
@@ -28,8 +33,8 @@ _CLASSPATH = "celery_defer.triggers.DateTimeTrigger"
 
 
 def _now() -> datetime:
-    """The current wall-clock time, aware, in UTC."""
-    return datetime.now(timezone.utc)
+    """The current wall-clock time, aware, in UTC (shifted when a test moves the clock)."""
+    return clock.now()
 
 
 def _as_utc(moment: Any) -> datetime:
@@ -75,7 +80,7 @@ class DateTimeTrigger(BaseTrigger):
             remaining = (self.moment - _now()).total_seconds()
             if remaining <= 0:
                 break
-            await asyncio.sleep(min(remaining, MAX_SLEEP))
+            await _sleep(min(remaining, MAX_SLEEP))
         yield TriggerEvent(self.moment)
 
 

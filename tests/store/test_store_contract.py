@@ -83,7 +83,7 @@ def test_create_schema_twice_is_safe_and_keeps_rows(store: SqlStore, make_store:
     store.create_schema()
     again = make_store(store.url)
     again.create_schema()
-    assert store.schema_version() == again.schema_version() == SCHEMA_VERSION == 1
+    assert store.schema_version() == again.schema_version() == SCHEMA_VERSION == 2
     assert state(again, "a") == DEFERRED
 
 

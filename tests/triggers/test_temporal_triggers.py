@@ -23,7 +23,7 @@ async def _events(trigger: DateTimeTrigger) -> list[TriggerEvent]:
 
 
 class FakeClock:
-    """Stands in for the wall clock and asyncio.sleep; records every sleep."""
+    """Stands in for the wall clock and the timer sleep; records every sleep."""
 
     def __init__(self, start: datetime) -> None:
         self.now = start
@@ -44,8 +44,8 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock(datetime(2024, 1, 1, tzinfo=timezone.utc))
     monkeypatch.setattr(temporal, "_now", fake.wall)
-    # temporal calls asyncio.sleep through the module, so this is the sleep it sees.
-    monkeypatch.setattr(asyncio, "sleep", fake.sleep)
+    # run() looks _sleep up in its module (the wakeable clock.sleep), so this is the sleep it sees.
+    monkeypatch.setattr(temporal, "_sleep", fake.sleep)
     return fake
 
 

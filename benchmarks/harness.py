@@ -1,0 +1,517 @@
+"""What every benchmark shares: an isolated run, real processes, /proc readings, a table.
+
+A :class:`Run` owns one PostgreSQL schema, one Redis key prefix and one set of
+queue names, all named after a random run id, and the ``celery`` processes it
+started (each in a session of its own). Leaving the ``with`` block stops those
+processes (SIGTERM, then SIGKILL of their process group), drops the schema and
+deletes the keys, whether the benchmark finished or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import benchapp  # noqa: E402
+
+T = TypeVar("T")
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through Run.__exit__: processes stopped, data gone
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; a script adds its own.
+
+    Also makes SIGTERM clean up like Ctrl-C does.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, under a minute (CI smoke)")
+    parser.add_argument("--postgres", default=os.environ.get(
+        "CELERY_DEFER_TEST_POSTGRES_URL", DEFAULT_POSTGRES), help="store database (a schema "
+        "of its own is created and dropped)")
+    parser.add_argument("--redis", default=os.environ.get(
+        "CELERY_DEFER_TEST_REDIS_URL", DEFAULT_REDIS), help="Redis for results and marks")
+    parser.add_argument("--broker", choices=("redis", "amqp"), default="redis")
+    parser.add_argument("--amqp", default=os.environ.get(
+        "CELERY_DEFER_TEST_AMQP_URL", DEFAULT_AMQP))
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    parser.add_argument("--quiet-wait", type=float, metavar="SECONDS",
+                        help="wait up to this long for the machine to be idle before each "
+                             "measurement (default 120; 5 with --quick)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record py-spy profiles (collapsed stacks) of the measured phase "
+                             "into DIR (needs py-spy)")
+    return parser
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str,
+               interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Run:
+    """One isolated benchmark run (see the module docstring)."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        self.name = name
+        self.args = args
+        self.id = uuid.uuid4().hex[:8]
+        self.prefix = f"bench:{name}:{self.id}:"
+        self.queue = self.prefix.replace(":", ".").strip(".")
+        self.schema = f"bench_{name}_{self.id}"
+        self.admin = sa.create_engine(args.postgres)
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{self.schema}"'))
+        self.store_url = (
+            make_url(args.postgres)
+            .update_query_dict({"options": f"-csearch_path={self.schema}"})
+            .render_as_string(hide_password=False)
+        )
+        self.engine = sa.create_engine(self.store_url)
+        redis_url = args.redis.rstrip("/")
+        broker = args.amqp if args.broker == "amqp" else f"{redis_url}/0"
+        self.env = dict(os.environ)
+        self.env.update({
+            benchapp.BROKER_URL: broker,
+            benchapp.RESULT_BACKEND: f"{redis_url}/0",
+            benchapp.DATABASE_URL: self.store_url,
+            benchapp.MARKER_URL: f"{redis_url}/0",
+            benchapp.PREFIX: self.prefix,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", "")) if p),
+        })
+        import redis
+
+        self.marks = redis.Redis.from_url(f"{redis_url}/0")
+        self.logdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        self._app: Any = None
+        self.failed = False
+        # The store's tables, created now: the processes and the bulk inserts need them.
+        from celery_defer.store import SqlStore
+
+        store = SqlStore(self.store_url)
+        store.create_schema()
+        store.close()
+
+    # -- context ----------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.failed = exc_type is not None
+        if self.failed:
+            print(self.log_tails(), file=sys.stderr)
+        self.close()
+
+    def close(self) -> None:
+        for role in list(self.processes):
+            self.stop(role, timeout=60)
+        if self._app is not None:
+            self._app.close()
+        self.engine.dispose()
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+        self.admin.dispose()
+        keys = list(self.marks.scan_iter(match=f"{self.prefix}*", count=1000))
+        for i in range(0, len(keys), 1000):
+            self.marks.delete(*keys[i:i + 1000])
+        self.marks.close()
+        if self.args.keep_logs or self.failed:
+            print(f"logs kept in {self.logdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
+    # -- the client side --------------------------------------------------
+
+    @property
+    def app(self) -> Any:
+        """A client app configured like the processes (sends tasks, builds snapshots)."""
+        if self._app is None:
+            self._app = benchapp.create_app(self.env)
+        return self._app
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def counter(self, name: str = "done") -> int:
+        return int(self.marks.get(self.key(name)) or 0)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+
+    # -- processes --------------------------------------------------------
+
+    def start(self, role: str, *argv: str) -> subprocess.Popen[bytes]:
+        log = self.logdir / f"{role}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "benchapp", *argv],
+                cwd=BENCH_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[role] = process
+        self.logs[role] = log
+        return process
+
+    def start_worker(self, concurrency: int, pool: str = "prefork",
+                     timeout: float = 60) -> subprocess.Popen[bytes]:
+        """A worker on the run's queue; returns once it answers a ping."""
+        node = f"bench-{self.id}@localhost"
+        process = self.start("worker", "worker", "-P", pool, "-c", str(concurrency), "-n", node,
+                             "-Q", self.queue, "--without-gossip", "--without-mingle")
+
+        def answers() -> bool:
+            self._check_alive("worker")
+            return bool(self.app.control.ping(destination=[node], timeout=0.5))
+
+        wait_until(answers, timeout, "the worker to answer a ping", interval=0.2)
+        return process
+
+    def start_triggerer(self, capacity: int, timeout: float = 60) -> subprocess.Popen[bytes]:
+        """A triggerer; returns once it registered with the store."""
+        process = self.start("triggerer", "triggerer", "--capacity", str(capacity))
+
+        def registered() -> bool:
+            self._check_alive("triggerer")
+            return bool(self.scalar("select count(*) from defer_triggerers"))
+
+        wait_until(registered, timeout, "the triggerer to register", interval=0.05)
+        return process
+
+    def _check_alive(self, role: str) -> None:
+        process = self.processes[role]
+        if process.poll() is not None:
+            raise RuntimeError(f"{role} exited with {process.returncode}\n{self.log_tails()}")
+
+    def stop(self, role: str, timeout: float = 60) -> float:
+        """SIGTERM, then SIGKILL of its group after ``timeout``; returns the seconds taken."""
+        process = self.processes.pop(role)
+        began = time.monotonic()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # children left by a killed parent
+            os.killpg(process.pid, signal.SIGKILL)
+        return time.monotonic() - began
+
+    def profile(self, *roles: str, tag: str = "") -> None:
+        """With --profile: start py-spy on ``roles`` (children included) until :meth:`profiled`.
+
+        The figures of a profiled phase are not comparable: py-spy costs CPU.
+        """
+        if not self.args.profile:
+            return
+        out = Path(self.args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        for role in roles:
+            name = f"{self.name}{tag}-{role}"
+            with open(self.logdir / f"py-spy-{name}.log", "ab") as log:
+                self.processes[f"py-spy-{role}"] = subprocess.Popen(
+                    [spy, "record", "--nonblocking", "--subprocesses", "--threads", "-r", "250",
+                     "-f", "raw", "-p", str(self.pid(role)), "-o", str(out / f"{name}.txt")],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+
+    def profiled(self) -> None:
+        """Stop the profilers: each writes its collapsed stacks on SIGINT."""
+        for role in [r for r in self.processes if r.startswith("py-spy-")]:
+            process = self.processes.pop(role)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+
+    def log_tails(self, lines: int = 25) -> str:
+        parts = []
+        for role, path in self.logs.items():
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {role} ({path}) ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def pid(self, role: str) -> int:
+        return self.processes[role].pid
+
+    # -- storing deferrals fast -------------------------------------------
+
+    def store_deferrals(self, task_name: str, method: str, moments: Sequence[datetime],
+                        chunk: int = 5000) -> list[str]:
+        """Store one deferral per moment, each on a ``DateTimeTrigger`` at that moment.
+
+        The rows are the ones ``Store.save_deferral`` writes (same columns,
+        same typed-JSON kwargs, a real request snapshot routed to the run's
+        queue), inserted in bulk: 100,000 deferrals take seconds, not minutes.
+        Returns the task ids, in moment order.
+        """
+        from celery.app.task import Context
+
+        from celery_defer import resume, serialization
+        from celery_defer.store.schema import deferrals, triggers
+        from celery_defer.triggers import DateTimeTrigger
+
+        # The module's own app has the tasks registered; only their serializer
+        # settings matter to the snapshot, and those are the same everywhere.
+        task = benchapp.app.tasks[task_name]
+        snapshot = resume.snapshot_request(task, Context(
+            id="x", delivery_info={"exchange": "", "routing_key": self.queue},
+            headers={}, ignore_result=False))
+        kwargs = serialization.dumps({})
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        ids: list[str] = []
+        for start in range(0, len(moments), chunk):
+            part = moments[start:start + chunk]
+            with self.engine.begin() as conn:
+                trigger_rows = []
+                for moment in part:
+                    classpath, trigger_kwargs = DateTimeTrigger(moment).serialize()
+                    trigger_rows.append({"classpath": classpath, "created_at": now,
+                                         "kwargs": serialization.dumps(trigger_kwargs)})
+                trigger_ids = conn.execute(
+                    sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
+                    trigger_rows,
+                ).scalars().all()
+                task_ids = [str(uuid.uuid4()) for _ in part]
+                conn.execute(sa.insert(deferrals), [
+                    {"task_id": task_id, "task_name": task_name, "trigger_id": trigger_id,
+                     "method": method, "kwargs": kwargs, "request": snapshot,
+                     "state": "deferred", "outcome": None, "generation": 1,
+                     "timeout_at": None, "created_at": now, "updated_at": now}
+                    for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True)
+                ])
+            ids.extend(task_ids)
+        return ids
+
+    def wake_triggerers(self) -> None:
+        """One new-trigger notice, as a deferring task sends (rows stored in bulk send none)."""
+        from celery_defer import notices
+
+        notices.announce_trigger(self.app, 0)
+
+
+# -- /proc readings -------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(_stat(int(entry))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its living descendants (a prefork worker and its pool)."""
+    total = 0.0
+    for each in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(each)
+    return total
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """(RSS, peak RSS) of ``pid`` in bytes."""
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0]) * 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def service_cpu_seconds(*names: str) -> float:
+    """CPU seconds of every local process whose command is one of ``names``."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() not in names:
+                    continue
+            total += cpu_seconds(int(entry))
+        except OSError:
+            continue
+    return total
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every local PostgreSQL process (0 when they cannot be read)."""
+    return service_cpu_seconds("postgres", "postmaster")
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+class CpuWindow:
+    """CPU used by our processes, PostgreSQL, Redis and the whole machine over a window.
+
+    ``others`` is what the rest of the machine (anything not in this run)
+    used meanwhile: a busy neighbour shows up there instead of silently in
+    the figures.
+    """
+
+    def __init__(self, run: Run, roles: Sequence[str]) -> None:
+        self.pids = {role: run.pid(role) for role in roles}
+        self.began = time.monotonic()
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        values = {role: tree_cpu_seconds(pid) for role, pid in self.pids.items()}
+        values["postgres"] = postgres_cpu_seconds()
+        values["redis"] = service_cpu_seconds("redis-server")
+        values["benchmark"] = cpu_seconds(os.getpid())
+        values["machine"] = machine_cpu_seconds()
+        return values
+
+    def stop(self) -> dict[str, float]:
+        """Percent of one core per component over the window, plus ``others``."""
+        end = self._read()
+        elapsed = time.monotonic() - self.began
+        used = {name: (end[name] - self.start[name]) / elapsed * 100 for name in end}
+        machine = used.pop("machine")
+        used["others"] = max(0.0, machine - sum(used.values()))
+        return used
+
+
+def describe_cpu(used: dict[str, float]) -> str:
+    return ", ".join(f"{name} {max(0.0, value):.0f} %" for name, value in used.items())
+
+
+def wait_quiet(args: argparse.Namespace, threshold: float = 15.0) -> float:
+    """Wait (up to --quiet-wait s) until the machine is idle enough to measure.
+
+    Returns how busy it was: all cores together, in percent of one core, over 2 s.
+    """
+    limit = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 120.0)
+    if limit <= 0:
+        return float("nan")
+    deadline = time.monotonic() + limit
+    while True:
+        before, began = machine_cpu_seconds(), time.monotonic()
+        time.sleep(2)
+        busy = (machine_cpu_seconds() - before) / (time.monotonic() - began) * 100
+        if busy <= threshold or time.monotonic() > deadline:
+            return busy
+
+
+# -- figures ------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+def verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "missed"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def print_report(title: str, setup: dict[str, Any], headers: Sequence[str],
+                 rows: Iterable[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+    """Print the setup and a Markdown table (the form the README quotes)."""
+    print(f"\n## {title}\n")
+    for name, value in setup.items():
+        print(f"- {name}: {value}")
+    print()
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join(" --- " for _ in headers) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    for note in notes:
+        print(f"\n{note}")
+    sys.stdout.flush()
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    with open("/proc/meminfo") as f:
+        total = int(f.readline().split()[1]) * 1024
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{cpus} cores ({model}), {total / 2**30:.0f} GiB, Python {sys.version.split()[0]}"
+
+
+def dump_json(path: str | None, data: Any) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str))

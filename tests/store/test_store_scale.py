@@ -1,0 +1,93 @@
+"""The store at batch sizes the triggerer reaches under load, on SQLite and PostgreSQL.
+
+Claims and fires of more rows than one ``IN (...)`` list holds, the claim
+path of dialects without ``UPDATE ... RETURNING``, and the partial index that
+keeps a claim cheap, added to stores made before it existed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from celery_defer.store import DEFERRED, FIRING, RESUMED, SqlStore, TriggerOutcome
+from celery_defer.store.engine import utcnow
+from celery_defer.store.schema import deferrals, triggers, unowned_triggers
+
+MakeStore = Callable[..., SqlStore]
+
+MANY = 2500  # more than the store's IN-list chunk (1000), twice over
+
+
+def store_many(store: SqlStore, n: int) -> list[int]:
+    """``n`` deferrals, one per trigger, written in bulk; returns the trigger ids."""
+    now = utcnow()
+    with store.engine.begin() as conn:
+        ids = conn.execute(
+            sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
+            [{"classpath": "c", "kwargs": "{}", "created_at": now} for _ in range(n)],
+        ).scalars().all()
+        conn.execute(sa.insert(deferrals), [
+            {"task_id": f"t{i:05d}", "task_name": "proj.t", "trigger_id": trigger_id,
+             "method": "run", "kwargs": "{}", "request": "{}", "state": DEFERRED,
+             "outcome": None, "generation": 1, "timeout_at": None, "created_at": now,
+             "updated_at": now}
+            for i, trigger_id in enumerate(ids)
+        ])
+    return list(ids)
+
+
+def states(store: SqlStore) -> dict[str, int]:
+    with store.engine.begin() as conn:
+        rows = conn.execute(sa.select(deferrals.c.state, sa.func.count()).group_by("state"))
+        return {state: count for state, count in rows}
+
+
+def test_claim_fire_and_mark_many_in_one_call(store: SqlStore) -> None:
+    ids = store_many(store, MANY)
+    store.register_triggerer("t1", "host", 1, MANY)
+    claimed = store.claim_triggers("t1", MANY + 10, 60.0)
+    assert [c.id for c in claimed] == ids  # all of them, in id order
+    assert store.held_trigger_ids("t1") == set(ids)
+
+    outcomes = [TriggerOutcome(i, json.dumps({"event": i})) for i in ids]
+    orders = store.fire(outcomes)
+    assert len(orders) == MANY
+    # each deferral carries its own trigger's outcome
+    by_task = {o.task_id: json.loads(o.outcome)["event"] for o in orders}
+    assert by_task == {f"t{n:05d}": trigger_id for n, trigger_id in enumerate(ids)}
+    assert store.held_trigger_ids("t1") == set()  # fired triggers are deleted
+    assert states(store) == {FIRING: MANY}
+    assert store.fire(outcomes) == []  # a second fire of the same triggers resumes nothing
+
+    store.mark_resumed(orders)
+    assert states(store) == {RESUMED: MANY}
+
+
+def test_claim_without_update_returning(store: SqlStore) -> None:
+    """The path of MySQL and MariaDB: lock, then update in chunks."""
+    ids = store_many(store, MANY)
+    store.register_triggerer("t1", "host", 1, MANY)
+    store.engine.dialect.update_returning = False
+    first = store.claim_triggers("t1", 1500, 60.0)
+    rest = store.claim_triggers("t1", 1500, 60.0)
+    assert [c.id for c in first + rest] == ids
+    assert store.claim_triggers("t1", 10, 60.0) == []
+    assert store.held_trigger_ids("t1") == set(ids)
+
+
+def test_unowned_index_is_added_to_an_older_store(store_url: str, make_store: MakeStore) -> None:
+    store = make_store(store_url)
+    store.create_schema()
+
+    def indexes() -> set[str]:
+        return {i["name"] for i in sa.inspect(store.engine).get_indexes(triggers.name)}
+
+    assert unowned_triggers.name in indexes()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP INDEX {unowned_triggers.name}"))
+    assert unowned_triggers.name not in indexes()
+    make_store(store_url).create_schema()  # what any process does on first use
+    assert unowned_triggers.name in indexes()

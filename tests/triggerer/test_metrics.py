@@ -1,0 +1,116 @@
+"""The triggerer's Prometheus endpoint, scraped over HTTP while triggers fire, fail and wait."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from inprocess import make_app
+
+from celery_defer import DeferrableTask, Triggerer, TriggerFailed, TriggerTimeout
+from celery_defer.exceptions import ConfigurationError
+from celery_defer.sweep import sweep
+from celery_defer.testing import FailureTrigger, SuccessTrigger
+from celery_defer.triggers import DateTimeTrigger
+
+pytestmark = pytest.mark.timeout(60)
+
+LATENESS = "celery_defer_trigger_fire_lateness_seconds"
+
+
+@pytest.fixture
+def app(store_url: str) -> Iterator[Celery]:
+    app = make_app(store_url)
+
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.wait")
+    def wait(self: DeferrableTask, kind: str, seconds: float = 0.0, event: Any = None) -> Any:
+        if event is None:
+            trigger = {
+                "success": SuccessTrigger,
+                "failure": FailureTrigger,
+                "timer": lambda: DateTimeTrigger(
+                    datetime.now(timezone.utc) + timedelta(seconds=seconds)),
+            }[kind]()
+            self.defer(trigger=trigger, kwargs={"kind": kind, "seconds": seconds},
+                       timeout=0.3 if kind == "timer" and seconds > 60 else None)
+        return event.payload
+
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+        yield app
+
+
+def scrape(triggerer: Triggerer) -> dict[str, float]:
+    assert triggerer.metrics_address is not None
+    url = f"http://127.0.0.1:{triggerer.metrics_address[1]}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
+    wait = app.tasks["t.wait"]
+    with Triggerer(app, capacity=7, metrics_port=0) as triggerer:
+        before = scrape(triggerer)
+        assert before["celery_defer_triggerer_capacity"] == 7
+        assert before["celery_defer_triggerer_running_triggers"] == 0
+        assert before["celery_defer_triggerer_capacity_left"] == 7
+        assert before["celery_defer_triggers_fired_total"] == 0
+        assert before["celery_defer_triggers_failed_total"] == 0
+        assert before["celery_defer_triggerer_loop_blocked_total"] == 0
+        assert before[f'{LATENESS}_bucket{{le="+Inf"}}'] == 0
+
+        assert wait.delay("success").get(timeout=10) is True
+        with pytest.raises(TriggerFailed):
+            wait.delay("failure").get(timeout=10)
+        wait.delay("timer", 0.2).get(timeout=10)
+        waiting = wait.delay("timer", 3600.0)  # times out after 0.3 s (when swept)
+        wait_for(lambda: scrape(triggerer)["celery_defer_triggerer_running_triggers"] == 1)
+
+        after = scrape(triggerer)
+        assert after["celery_defer_triggers_fired_total"] == 2
+        assert after["celery_defer_triggers_failed_total"] == 1
+        assert after["celery_defer_triggerer_capacity_left"] == 6
+        # Only the timer that fired is in the lateness histogram: fired on time, give or take.
+        assert after[f"{LATENESS}_count"] == 1
+        assert after[f'{LATENESS}_bucket{{le="+Inf"}}'] == 1
+        assert 0 <= after[f"{LATENESS}_sum"] < 1.0
+        assert after[f'{LATENESS}_bucket{{le="1.0"}}'] == 1
+
+        time.sleep(0.4)
+        timed_out = after["celery_defer_deferrals_timed_out_total"]
+        assert sweep(app).timed_out == 1  # a sweep in this process is counted here
+        with pytest.raises(TriggerTimeout):
+            waiting.get(timeout=10)
+        assert scrape(triggerer)["celery_defer_deferrals_timed_out_total"] == timed_out + 1
+
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{triggerer.metrics_address[1]}/other", timeout=5)
+        missing.value.close()
+        assert missing.value.code == 404
+
+
+@pytest.mark.parametrize("port", [-1, 70000, "9100", True])
+def test_a_bad_metrics_port_is_refused(store_url: str, port: Any) -> None:
+    with pytest.raises(ConfigurationError, match="metrics_port must be a port number"):
+        Triggerer(make_app(store_url), metrics_port=port)
