@@ -23,7 +23,9 @@ import time
 from typing import Any
 
 import harness
-from harness import Run, percentile, print_report, verdict, wait_until
+import readings
+from harness import Run, wait_until
+from readings import percentile, print_report, verdict
 
 TARGET_RATIO = 2.5
 KINDS = ("bench.plain", "bench.cycle")
@@ -37,20 +39,20 @@ def batch(run: Run, node: str, task: str, n: int) -> dict[str, Any]:
     with run.app.producer_or_acquire() as producer:
         for i in range(n):
             run.app.send_task(task, args=(i,), producer=producer)
-    pids = {"triggerer": run.pid("triggerer"), "worker": run.pid("worker")}
-    cpu = {role: harness.tree_cpu_seconds(pid) for role, pid in pids.items()}
-    cpu["postgres"] = harness.postgres_cpu_seconds()
     if n > 200:  # not the warm-up
         run.profile("triggerer", "worker", tag=f"-{task}")
+    window = run.cpu_window("triggerer", "worker")
     began = time.monotonic()
     control.add_consumer(run.queue, destination=[node], reply=True)
     wait_until(lambda: run.counter() >= n, timeout=600, what=f"{n} {task}", interval=0.05)
     elapsed = time.monotonic() - began
     run.profiled()
-    used = {role: harness.tree_cpu_seconds(pid) - cpu[role] for role, pid in pids.items()}
-    used["postgres"] = harness.postgres_cpu_seconds() - cpu["postgres"]
-    return {"n": n, "seconds": elapsed, "per_second": n / elapsed,
-            "cpu_ms_per_task": {role: value / n * 1000 for role, value in used.items()}}
+    used = window.stop()  # percent of one core over the window
+    others = used.pop("others")
+    used.pop("benchmark")
+    return {"n": n, "seconds": elapsed, "per_second": n / elapsed, "others_pct": others,
+            "cpu_ms_per_task": {role: pct / 100 * elapsed / n * 1000
+                                for role, pct in used.items()}}
 
 
 def one_at_a_time(run: Run, task: str, m: int) -> dict[str, Any]:
@@ -104,6 +106,8 @@ def main() -> int:
          f"{verdict(ratio, TARGET_RATIO)} (<= {TARGET_RATIO}x)"],
         ["batch: CPU ms per task", cpu(plain["batch"]), cpu(cycle["batch"]),
          f"{total_cpu(cycle) / total_cpu(plain):.2f}x", "-"],
+        ["batch: CPU used by others meanwhile", f"{plain['batch']['others_pct']:.0f} % of a core",
+         f"{cycle['batch']['others_pct']:.0f} % of a core", "-", "-"],
         [f"one at a time ({m}): round trip p50 / p90",
          f"{plain['single']['p50'] * 1000:.1f} / {plain['single']['p90'] * 1000:.1f} ms",
          f"{cycle['single']['p50'] * 1000:.1f} / {cycle['single']['p90'] * 1000:.1f} ms",
@@ -112,7 +116,7 @@ def main() -> int:
     print_report(
         "cycle: defer + resume against a plain task",
         {
-            "machine": harness.machine(),
+            "machine": readings.machine(),
             "store": "PostgreSQL (local)", "broker": args.broker, "result backend": "Redis",
             "worker": f"`celery -A benchapp worker -P prefork -c {args.concurrency}` "
                       "(--without-gossip --without-mingle)",
@@ -122,7 +126,7 @@ def main() -> int:
         rows,
         ["Target: defer + resume <= 2.5x a plain round trip (batch of 20,000)."],
     )
-    harness.dump_json(args.json, {"plain": plain, "cycle": cycle, "ratio": ratio,
+    readings.dump_json(args.json, {"plain": plain, "cycle": cycle, "ratio": ratio,
                                   "single_ratio": single_ratio})
     return 0
 

@@ -19,7 +19,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import harness
-from harness import Run, mib, print_report, verdict, wait_until
+import readings
+from harness import Run, wait_until
+from readings import mib, print_report, verdict
 
 TARGET_CPU = 2.0  # % of one core
 TARGET_RSS = 600 * 2**20
@@ -46,12 +48,12 @@ def measure(args: Any, n: int, window: float) -> dict[str, Any]:
 
         wait_until(owned, timeout=600, what=f"the triggerer to own {n} triggers", interval=0.1)
         pickup = time.monotonic() - began
-        pickup_cpu = harness.cpu_seconds(pid)
+        pickup_cpu = readings.cpu_seconds(pid)
         time.sleep(SETTLE)
-        cpu_before = harness.cpu_seconds(pid)
+        cpu_before = readings.cpu_seconds(pid)
         time.sleep(window)
-        idle = (harness.cpu_seconds(pid) - cpu_before) / window * 100
-        rss, peak = harness.memory(pid)
+        idle = (readings.cpu_seconds(pid) - cpu_before) / window * 100
+        rss, peak = readings.memory(pid)
         stopping = run.stop("triggerer", timeout=120)
         handed_back = run.scalar("select count(*) from defer_triggers where triggerer_id is null")
         return {"n": n, "insert_s": inserted, "pickup_s": pickup, "pickup_cpu_s": pickup_cpu,
@@ -86,7 +88,7 @@ def main() -> int:
     print_report(
         "hold: one triggerer holding N timer triggers",
         {
-            "machine": harness.machine(),
+            "machine": readings.machine(),
             "store": "PostgreSQL (local)", "broker": args.broker,
             "worker": "none (nothing fires)",
             "triggerer": "`celery -A benchapp triggerer --capacity N`, defaults otherwise "
@@ -98,7 +100,7 @@ def main() -> int:
         rows,
         ["Targets at N = 100,000: idle CPU <= 2 % of a core, RSS <= 600 MiB, pick-up <= 60 s."],
     )
-    harness.dump_json(args.json, results)
+    readings.dump_json(args.json, results)
     return 0
 
 

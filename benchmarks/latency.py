@@ -19,7 +19,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import harness
-from harness import Run, percentile, print_report, verdict, wait_until
+import readings
+from harness import Run, wait_until
+from readings import percentile, print_report, verdict
 
 TARGET_P50 = 0.020
 TARGET_P99 = 0.100
@@ -31,7 +33,7 @@ def measure(args: Any, rate: int, seconds: float, concurrency: int) -> dict[str,
     with Run("latency", args) as run:
         run.start_worker(concurrency=concurrency)
         run.start_triggerer(capacity=n + 1000)
-        harness.wait_quiet(args)  # other people's work on this machine skews every figure
+        readings.wait_quiet(args)  # other people's work on this machine skews every figure
         first = datetime.now(timezone.utc) + timedelta(seconds=args.lead)
         # One second of the same load, 2 s before the measured series and not
         # counted: each worker process opens its store connection on its first
@@ -49,7 +51,7 @@ def measure(args: Any, rate: int, seconds: float, concurrency: int) -> dict[str,
             raise RuntimeError(f"pick-up took too long ({ahead:.1f}s ahead); raise --lead")
         time.sleep(max(0.0, (first - datetime.now(timezone.utc)).total_seconds() - 0.1))
         run.profile("triggerer", *(["worker"] if args.profile_worker else []))
-        window = harness.CpuWindow(run, ["triggerer", "worker"])
+        window = run.cpu_window("triggerer", "worker")
         began = time.monotonic()
         delays_key = run.key("delays")
         wait_until(lambda: run.marks.llen(delays_key) >= len(moments), timeout=seconds + 120,
@@ -98,12 +100,12 @@ def main() -> int:
             f"{r['n'] / r['elapsed']:,.0f}/s", f"{r['p50'] * ms:.1f} ms",
             f"{r['p90'] * ms:.1f} ms", f"{r['p99'] * ms:.1f} ms", f"{r['max'] * ms:.1f} ms",
             f"{r['cold_p50'] * ms:.0f} / {r['cold_max'] * ms:.0f} ms",
-            harness.describe_cpu(r["cpu"]), checks,
+            readings.describe_cpu(r["cpu"]), checks,
         ])
     print_report(
         "latency: due moment to resumed method",
         {
-            "machine": harness.machine(),
+            "machine": readings.machine(),
             "store": "PostgreSQL (local)", "broker": args.broker, "result backend": "Redis",
             "worker": f"`celery -A benchapp worker -P prefork -c {args.concurrency}` "
                       "(--without-gossip --without-mingle)",
@@ -117,7 +119,7 @@ def main() -> int:
         ["Targets (1,000/s): p50 <= 20 ms, p99 <= 100 ms. 'others' is CPU used by processes "
          "outside the benchmark meanwhile."],
     )
-    harness.dump_json(args.json, results)
+    readings.dump_json(args.json, results)
     return 0
 
 

@@ -9,6 +9,10 @@ calls run on a small thread pool and never block the loop.
 Per-loop work does not grow with the number of triggers held: timers sleep
 on the loop's own timer heap, the claim is one indexed query, and the only
 O(held) step (reconciling with the store) runs once per health timeout.
+Store writes are batched: a claim takes up to CLAIM_BATCH triggers and
+notices arriving together share it; one transaction stores every outcome
+that arrived while the previous one ran; published resumes are recorded in
+one transaction per MARK_INTERVAL, off the path from event to resume.
 """
 
 from __future__ import annotations
