@@ -19,8 +19,7 @@ from kombu import Exchange, Queue
 
 from celery_defer import serialization
 from celery_defer.exceptions import InvalidDeferral, InvalidEvent
-from celery_defer.listener import BrokerListener
-from celery_defer.notices import NOTICE_TTL
+from celery_defer.listener import HINT_TTL, BrokerListener, publish_hint
 from celery_defer.settings import Settings
 from celery_defer.store import ExternalEvent, store_for
 from celery_defer.triggers.external_event import check_event_key
@@ -97,23 +96,7 @@ def event_exchange(app: Celery) -> Exchange:
 def announce_event(app: Celery, key: str) -> None:
     """Tell every triggerer to look for ``key`` now; never fails the caller."""
     exchange = event_exchange(app)
-    try:
-        with app.producer_or_acquire() as producer:
-            producer.publish(
-                {"key": key},
-                exchange=exchange,
-                routing_key="",
-                declare=[exchange],
-                serializer="json",
-                expiration=NOTICE_TTL,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
-            )
-    except Exception as exc:
-        logger.warning(
-            "could not announce event %s (%s); triggerers find it on their next scan",
-            key, exc, extra={"event_key": key},
-        )
+    publish_hint(app, {"key": key}, exchange, "", [exchange], f"event {key!r}")
 
 
 def event_hint_listener(
@@ -131,7 +114,7 @@ def event_hint_listener(
                 durable=False,
                 auto_delete=True,
                 expires=HINT_QUEUE_EXPIRES,
-                message_ttl=NOTICE_TTL,
+                message_ttl=HINT_TTL,
             )
         ]
 

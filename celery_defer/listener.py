@@ -15,9 +15,39 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from celery import Celery
-    from kombu import Queue
+    from kombu import Exchange, Queue
 
 logger = logging.getLogger(__name__)
+
+
+#: Unconsumed hints expire: with no triggerer running they must not pile up.
+HINT_TTL = 300
+
+
+def publish_hint(
+    app: Celery, body: dict[str, Any], exchange: Exchange, routing_key: str,
+    declare: Sequence[Exchange | Queue], what: str,
+) -> None:
+    """Publish a best-effort hint to the triggerers; never fails the caller.
+
+    A lost hint only delays the triggerers until their next scan of the
+    store, so a broker outage here is logged, not raised.
+    """
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                declare=list(declare),
+                serializer="json",
+                expiration=HINT_TTL,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+            )
+    except Exception as exc:
+        logger.warning("could not announce %s (%s); triggerers find it on their next scan",
+                       what, exc, extra={"hint": body})
 
 
 class BrokerListener(threading.Thread):

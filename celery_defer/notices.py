@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING
 
 from kombu import Exchange, Queue
 
-from celery_defer.listener import BrokerListener
+from celery_defer.listener import HINT_TTL, BrokerListener, publish_hint
 from celery_defer.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger(__name__)
-
-#: Unconsumed notices expire: with no triggerer running they must not pile up.
-NOTICE_TTL = 300
 
 
 def notice_queue(app: Celery) -> Queue:
@@ -35,30 +32,15 @@ def notice_queue(app: Celery) -> Queue:
         Exchange(name, type="direct", durable=True),
         routing_key=name,
         durable=True,
-        message_ttl=NOTICE_TTL,
+        message_ttl=HINT_TTL,
     )
 
 
 def announce_trigger(app: Celery, trigger_id: int) -> None:
     """Tell the triggerers a trigger is waiting; never fails the caller."""
     queue = notice_queue(app)
-    try:
-        with app.producer_or_acquire() as producer:
-            producer.publish(
-                {"trigger_id": trigger_id},
-                exchange=queue.exchange,
-                routing_key=queue.routing_key,
-                declare=[queue],
-                serializer="json",
-                expiration=NOTICE_TTL,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
-            )
-    except Exception as exc:
-        logger.warning(
-            "could not announce trigger %s (%s); triggerers find it on their next scan",
-            trigger_id, exc, extra={"trigger_id": trigger_id},
-        )
+    publish_hint(app, {"trigger_id": trigger_id}, queue.exchange, queue.routing_key, [queue],
+                 f"trigger {trigger_id}")
 
 
 def notice_listener(app: Celery, on_notice: Callable[[], None]) -> BrokerListener:

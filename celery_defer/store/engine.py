@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, ParamSpec, TypeVar
 
@@ -22,6 +22,7 @@ from celery_defer.exceptions import ConfigurationError, SchemaMissing, StoreErro
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def create_store_engine(url: str) -> Engine:
@@ -94,3 +95,14 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 def _begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: Most ids in one ``IN (...)`` list: drivers take at most 65,535 parameters
+#: (psycopg, asyncpg) or 32,766 (SQLite), and a short list plans well.
+IN_CHUNK = 1000
+
+
+def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``values`` in slices short enough for one ``IN (...)`` list."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start:start + IN_CHUNK]

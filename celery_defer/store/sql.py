@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -45,7 +45,7 @@ from sqlalchemy.schema import CreateIndex
 
 from celery_defer.exceptions import ConfigurationError
 from celery_defer.store.base import Store
-from celery_defer.store.engine import create_store_engine, to_naive_utc, translated, utcnow
+from celery_defer.store.engine import chunks, create_store_engine, to_naive_utc, translated, utcnow
 from celery_defer.store.events import EventQueries
 from celery_defer.store.inspection import InspectionQueries
 from celery_defer.store.records import (
@@ -54,7 +54,6 @@ from celery_defer.store.records import (
     RESUMED,
     RUNNING,
     Cancelled,
-    ClaimedTrigger,
     DeferralInfo,
     NewDeferral,
     ResumeOrder,
@@ -66,14 +65,12 @@ from celery_defer.store.schema import (
     deferrals,
     metadata,
     schema_info,
-    triggerers,
     triggers,
     unowned_triggers,
 )
+from celery_defer.store.triggerers import TriggererQueries
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _ORDER_COLUMNS = (
     deferrals.c.task_id,
@@ -84,16 +81,6 @@ _ORDER_COLUMNS = (
     deferrals.c.request,
     deferrals.c.outcome,
 )
-
-
-#: Most ids in one ``IN (...)`` list: drivers take at most 65,535 parameters
-#: (psycopg, asyncpg) or 32,766 (SQLite), and a short list plans well.
-_IN_CHUNK = 1000
-
-
-def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start:start + _IN_CHUNK]
 
 
 def _postgresql_fire() -> Select[Any]:
@@ -187,7 +174,7 @@ def _order(row: Any) -> ResumeOrder:
     )
 
 
-class SqlStore(EventQueries, InspectionQueries, Store):
+class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
     """A :class:`~celery_defer.store.base.Store` on any SQLAlchemy 2 database."""
 
     def __init__(self, url: str, *, create_schema: bool = True) -> None:
@@ -354,119 +341,6 @@ class SqlStore(EventQueries, InspectionQueries, Store):
                 )
             )
 
-    # -- triggerers -------------------------------------------------------
-
-    @translated
-    def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
-        now = utcnow()
-        with self._begin() as conn:
-            conn.execute(
-                insert(triggerers).values(
-                    id=triggerer_id, host=host, pid=pid, capacity=capacity,
-                    started_at=now, heartbeat_at=now,
-                )
-            )
-
-    @translated
-    def heartbeat(self, triggerer_id: str) -> bool:
-        with self._begin() as conn:
-            found = conn.execute(
-                update(triggerers)
-                .where(triggerers.c.id == triggerer_id)
-                .values(heartbeat_at=utcnow())
-            ).rowcount
-        return bool(found == 1)
-
-    @translated
-    def unregister_triggerer(self, triggerer_id: str) -> int:
-        with self._begin() as conn:
-            released = conn.execute(
-                update(triggers)
-                .where(triggers.c.triggerer_id == triggerer_id)
-                .values(triggerer_id=None)
-            ).rowcount
-            conn.execute(delete(triggerers).where(triggerers.c.id == triggerer_id))
-        return int(released)
-
-    @translated
-    def release_triggers(self, triggerer_id: str, trigger_ids: Sequence[int]) -> None:
-        if not trigger_ids:
-            return
-        with self._begin() as conn:
-            conn.execute(
-                update(triggers)
-                .where(triggers.c.triggerer_id == triggerer_id, triggers.c.id.in_(trigger_ids))
-                .values(triggerer_id=None)
-            )
-
-    @translated
-    def claim_triggers(
-        self, triggerer_id: str, limit: int, health_timeout: float
-    ) -> list[ClaimedTrigger]:
-        if limit <= 0:
-            return []
-        cutoff = utcnow() - timedelta(seconds=health_timeout)
-        with self._begin() as conn:
-            # Reap silent triggerers first, so the claim itself only has to
-            # look at unowned rows (an indexed IS NULL, not an anti-join).
-            dead = conn.execute(
-                select(triggerers.c.id).where(triggerers.c.heartbeat_at < cutoff)
-            ).scalars().all()
-            if dead:
-                logger.warning("taking over the triggers of silent triggerers %s", dead,
-                               extra={"dead_triggerers": dead})
-                conn.execute(
-                    update(triggers)
-                    .where(triggers.c.triggerer_id.in_(dead))
-                    .values(triggerer_id=None)
-                )
-                conn.execute(delete(triggerers).where(triggerers.c.id.in_(dead)))
-            unowned = (
-                select(triggers.c.id)
-                .where(triggers.c.triggerer_id.is_(None))
-                .order_by(triggers.c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            claimed = (triggers.c.id, triggers.c.classpath, triggers.c.kwargs)
-            if self.dialect == "postgresql":
-                # PostgreSQL plans "id IN (subquery)" as a hash join over the
-                # whole table; "= ANY(ARRAY(subquery))" is primary-key lookups.
-                picked = triggers.c.id == any_(func.array(unowned.scalar_subquery()))
-            else:
-                picked = triggers.c.id.in_(unowned.scalar_subquery())
-            if conn.dialect.update_returning:
-                # One statement, one round trip, whatever the limit
-                # (PostgreSQL; SQLite >= 3.35, where BEGIN IMMEDIATE locks).
-                rows = sorted(
-                    conn.execute(
-                        update(triggers)
-                        .where(picked)
-                        .values(triggerer_id=triggerer_id)
-                        .returning(*claimed)
-                    ),
-                    key=lambda row: row.id,
-                )
-            else:
-                # MySQL allows no LIMIT in an IN subquery: lock, then update
-                # in chunks (a driver takes at most 65,535 parameters).
-                rows = list(conn.execute(unowned.with_only_columns(*claimed)))
-                for ids in _chunks([row.id for row in rows]):
-                    conn.execute(
-                        update(triggers)
-                        .where(triggers.c.id.in_(ids))
-                        .values(triggerer_id=triggerer_id)
-                    )
-        return [ClaimedTrigger(id=int(r.id), classpath=r.classpath, kwargs=r.kwargs) for r in rows]
-
-    @translated
-    def held_trigger_ids(self, triggerer_id: str) -> set[int]:
-        with self._begin() as conn:
-            ids = conn.execute(
-                select(triggers.c.id).where(triggers.c.triggerer_id == triggerer_id)
-            ).scalars()
-            return {int(i) for i in ids}
-
     # -- firing and resuming ----------------------------------------------
 
     @translated
@@ -486,7 +360,7 @@ class SqlStore(EventQueries, InspectionQueries, Store):
                 return [_order(row) for row in rows]
             # Locked in (trigger, task) order across chunks, so two triggerers
             # firing overlapping batches cannot deadlock.
-            for ids in _chunks(trigger_ids):
+            for ids in chunks(trigger_ids):
                 waiting = conn.execute(
                     select(*(c for c in _ORDER_COLUMNS if c is not deferrals.c.outcome),
                            deferrals.c.trigger_id)
@@ -516,7 +390,7 @@ class SqlStore(EventQueries, InspectionQueries, Store):
                     ),
                     [{"b_task_id": o.task_id, "b_outcome": o.outcome} for o in orders],
                 )
-            for ids in _chunks(trigger_ids):
+            for ids in chunks(trigger_ids):
                 conn.execute(delete(triggers).where(triggers.c.id.in_(ids)))
         return orders
 
