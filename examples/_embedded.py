@@ -32,7 +32,7 @@ def embedded_app(name: str) -> Celery:
     atexit.register(shutil.rmtree, data, ignore_errors=True)
     for folder in ("broker", "control", "results"):
         (data / folder).mkdir()
-    app = Celery(name, broker="filesystem://", backend=f"file://{data / 'results'}",
+    app = Celery(name, broker="defer-filesystem://", backend=f"file://{data / 'results'}",
                  set_as_current=False)
     app.conf.update(
         broker_transport_options={

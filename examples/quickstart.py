@@ -6,8 +6,9 @@ This one file is both the Celery app (``celery -A quickstart ...`` imports it)
 and the script that starts a worker, a triggerer and beat as real processes,
 submits a few deferring tasks, and prints their states until they finish.
 Everything is embedded: the deferral store is a SQLite file, the broker is
-kombu's ``filesystem://`` transport and results go to a ``file://`` backend,
-all under ``.celery-defer/`` next to this file.
+``defer-filesystem://`` (kombu's ``filesystem://`` transport with atomic
+writes) and results go to a ``file://`` backend, all under ``.celery-defer/``
+next to this file.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / ".celery-defer"
 BROKER_DIR = DATA / "broker"
 
-app = Celery("quickstart", broker="filesystem://", backend=f"file://{DATA / 'results'}")
+app = Celery("quickstart", broker="defer-filesystem://", backend=f"file://{DATA / 'results'}")
 app.conf.update(
     broker_transport_options={
         "data_folder_in": str(BROKER_DIR),

@@ -208,7 +208,7 @@ APP_MODULE = '''
 from celery import Celery
 import celery_defer
 
-app = Celery("eventsapp", broker="filesystem://localhost//", backend="file://{data}/results")
+app = Celery("eventsapp", broker="defer-filesystem://localhost//", backend="file://{data}/results")
 app.conf.update(
     broker_transport_options={{"data_folder_in": "{data}/broker",
                                "data_folder_out": "{data}/broker",

@@ -25,7 +25,7 @@ APP_MODULE = '''
 from celery import Celery
 import celery_defer
 
-app = Celery("inspectapp", broker="filesystem://localhost//", backend="file://{data}/results")
+app = Celery("inspectapp", broker="defer-filesystem://localhost//", backend="file://{data}/results")
 app.conf.update(
     broker_transport_options={{"data_folder_in": "{data}/broker",
                                "data_folder_out": "{data}/broker",
