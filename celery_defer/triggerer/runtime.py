@@ -22,6 +22,7 @@ waiters.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -92,7 +93,7 @@ class TriggererRuntime:
         await self._results.close()
 
 
-class _Watcher:
+class _Watcher(abc.ABC):
     """A lazily started watcher task with its own lookup thread."""
 
     name = "watcher"
@@ -118,11 +119,13 @@ class _Watcher:
                 logger.exception("the %s failed; restarting it", self.name)
                 await asyncio.sleep(1.0)
 
+    @abc.abstractmethod
     def _busy(self) -> bool:
-        raise NotImplementedError
+        """Whether anyone still waits (the watcher stops when nobody does)."""
 
+    @abc.abstractmethod
     async def _loop(self) -> None:
-        raise NotImplementedError
+        """One watching pass, run again until nobody waits."""
 
     async def _nap(self, seconds: float) -> None:
         """Sleep up to ``seconds``, or until woken."""
