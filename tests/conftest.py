@@ -9,7 +9,7 @@ take precedence, and our machines run no Docker engine.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import pytest
@@ -119,21 +119,72 @@ def amqp_url() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # In-process apps (see tests/inprocess.py)
+#
+# CELERY_DEFER_TEST_STORE (sqlite | postgres) and CELERY_DEFER_TEST_BROKER (memory | redis |
+# amqp) move every in-process app to a real store and broker. A service chosen that way is
+# required: when it does not answer, the session stops at once with an error (a skip would let
+# the run pass on the defaults it was meant to replace).
 # ---------------------------------------------------------------------------------------------
 
 from pathlib import Path  # noqa: E402
 
+import inprocess  # noqa: E402
 from celery import Celery  # noqa: E402
-from inprocess import make_app  # noqa: E402
+from inprocess import fresh_store_url, make_app  # noqa: E402
+
+_CHECKS: dict[str, Callable[[str], None]] = {
+    "postgres": _check_postgres,
+    "redis": _check_redis,
+    "amqp": _check_amqp,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Validate the in-process store and broker choice and reach its services, once."""
+    store, broker = inprocess.selected_store(), inprocess.selected_broker()
+    if store not in inprocess.STORES:
+        raise pytest.UsageError(f"{inprocess.STORE_ENV}={store!r}: use one of {inprocess.STORES}")
+    if broker not in inprocess.BROKERS:
+        raise pytest.UsageError(
+            f"{inprocess.BROKER_ENV}={broker!r}: use one of {inprocess.BROKERS}"
+        )
+    if broker != "memory":
+        # Celery does not close a dropped app's broker connections; each socket the garbage
+        # collector finds open warns, which fails whichever test it lands in.
+        config.addinivalue_line("filterwarnings", "ignore:unclosed <socket:ResourceWarning")
+    needed = {store, broker} - {"sqlite", "memory"}
+    for service in sorted(needed):
+        env_var = inprocess.SERVICE_ENV[service]
+        url = os.environ.get(env_var, "").strip()
+        if not url:
+            raise pytest.UsageError(
+                f"{inprocess.STORE_ENV}={store} {inprocess.BROKER_ENV}={broker} need {env_var}"
+            )
+        try:
+            _CHECKS[service](url)
+        except Exception as exc:
+            raise pytest.UsageError(f"{env_var}={url} is not reachable: {exc}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    store, broker = inprocess.selected_store(), inprocess.selected_broker()
+    return f"in-process apps: store {store}, broker {broker}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _inprocess_cleanup() -> Iterator[None]:
+    """Drop the schemas and queues the in-process apps made on shared servers."""
+    yield
+    inprocess.cleanup()
 
 
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
-    """A SQLite store in the test's own directory."""
-    return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    """An empty store of the selected kind: by default a SQLite file in the test's directory."""
+    return fresh_store_url(tmp_path)
 
 
 @pytest.fixture
 def app(store_url: str) -> Celery:
-    """A fresh app on the memory transport and a SQLite store (tasks are added by the test)."""
+    """A fresh app on the selected store and broker (tasks are added by the test)."""
     return make_app(store_url)

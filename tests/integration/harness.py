@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from celery import Celery
+from celery.backends.database.models import ResultModelBase
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from sqlalchemy.engine import make_url
@@ -328,9 +329,13 @@ def running_cluster(
             capture_output=True,
         )
         if backend_url.startswith("db+"):
-            # Let the client create celery's result tables before the worker
-            # races it to do the same.
-            app.AsyncResult("warm-up").state  # noqa: B018
+            # Create celery's result tables before the worker races to. Explicitly: before
+            # Celery 5.5 a read creates them only for the first database the process used.
+            results_engine = sa.create_engine(backend_url[len("db+") :])
+            try:
+                ResultModelBase.metadata.create_all(results_engine)
+            finally:
+                results_engine.dispose()
         queue_options = ("-Q", ",".join(queues.values())) if extra_queues else ()
         worker = cluster.start(
             "worker",

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from celery import Celery
 from celery.backends.cache import CacheBackend
+from celery.backends.database.models import ResultModelBase
 from celery.contrib.testing.worker import start_worker
 from inprocess import make_app
 
@@ -95,6 +97,11 @@ def backend_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cele
     if request.param == "redis":
         url = request.getfixturevalue("redis_url").rstrip("/") + "/15"
     app = Celery("backends", broker="memory://", backend=url, set_as_current=False)
+    if request.param == "db+sqlite":
+        # Before Celery 5.5 a read creates the tables only for the first database used.
+        engine = sa.create_engine(url[len("db+") :])
+        ResultModelBase.metadata.create_all(engine)
+        engine.dispose()
     yield app
     app.close()
 
