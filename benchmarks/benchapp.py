@@ -34,8 +34,12 @@ def create_app(env: Mapping[str, str]) -> Celery:
     """The benchmark app configured from ``env`` (harmless defaults when unset)."""
     prefix = env.get(PREFIX, "bench:none:")
     stem = prefix.replace(":", ".").strip(".")
-    app = Celery("benchapp", broker=env.get(BROKER_URL, "memory://"),
-                 backend=env.get(RESULT_BACKEND, "cache+memory://"), set_as_current=False)
+    app = Celery(
+        "benchapp",
+        broker=env.get(BROKER_URL, "memory://"),
+        backend=env.get(RESULT_BACKEND, "cache+memory://"),
+        set_as_current=False,
+    )
     # Prefixing every Redis key (broker and results) keeps a run's keys apart
     # from everyone else's on a shared server, and easy to delete afterwards.
     redis_options = {"global_keyprefix": prefix}
@@ -105,8 +109,10 @@ def wait(self: DeferrableTask, i: int, seconds: float, event: Any = None) -> int
     """Waits ``seconds`` without holding a worker slot."""
     marks().incr(key("executions"))
     if event is None:
-        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
-                   kwargs={"i": i, "seconds": seconds})
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
+            kwargs={"i": i, "seconds": seconds},
+        )
     done()
     return i
 

@@ -50,9 +50,13 @@ def batch(run: Run, node: str, task: str, n: int) -> dict[str, Any]:
     used = window.stop()  # percent of one core over the window
     others = used.pop("others")
     used.pop("benchmark")
-    return {"n": n, "seconds": elapsed, "per_second": n / elapsed, "others_pct": others,
-            "cpu_ms_per_task": {role: pct / 100 * elapsed / n * 1000
-                                for role, pct in used.items()}}
+    return {
+        "n": n,
+        "seconds": elapsed,
+        "per_second": n / elapsed,
+        "others_pct": others,
+        "cpu_ms_per_task": {role: pct / 100 * elapsed / n * 1000 for role, pct in used.items()},
+    }
 
 
 def one_at_a_time(run: Run, task: str, m: int) -> dict[str, Any]:
@@ -62,11 +66,19 @@ def one_at_a_time(run: Run, task: str, m: int) -> dict[str, Any]:
     for i in range(m):
         began = time.perf_counter()
         run.app.send_task(task, args=(i,))
-        wait_until(lambda i=i: run.counter() > i, timeout=60, what=f"{task} #{i}",  # type: ignore[misc]
-                   interval=0.0005)
+        wait_until(
+            lambda i=i: run.counter() > i,
+            timeout=60,
+            what=f"{task} #{i}",  # type: ignore[misc]
+            interval=0.0005,
+        )
         times.append(time.perf_counter() - began)
-    return {"m": m, "p50": percentile(times, 50), "p90": percentile(times, 90),
-            "mean": sum(times) / m}
+    return {
+        "m": m,
+        "p50": percentile(times, 50),
+        "p90": percentile(times, 90),
+        "mean": sum(times) / m,
+    }
 
 
 def main() -> int:
@@ -100,34 +112,53 @@ def main() -> int:
         return ", ".join(f"{role} {value:.2f}" for role, value in r["cpu_ms_per_task"].items())
 
     rows = [
-        [f"batch of {n:,}: wall time", f"{plain['batch']['seconds']:.1f} s "
-         f"({plain['batch']['per_second']:,.0f}/s)", f"{cycle['batch']['seconds']:.1f} s "
-         f"({cycle['batch']['per_second']:,.0f}/s)", f"{ratio:.2f}x",
-         f"{verdict(ratio, TARGET_RATIO)} (<= {TARGET_RATIO}x)"],
-        ["batch: CPU ms per task", cpu(plain["batch"]), cpu(cycle["batch"]),
-         f"{total_cpu(cycle) / total_cpu(plain):.2f}x", "-"],
-        ["batch: CPU used by others meanwhile", f"{plain['batch']['others_pct']:.0f} % of a core",
-         f"{cycle['batch']['others_pct']:.0f} % of a core", "-", "-"],
-        [f"one at a time ({m}): round trip p50 / p90",
-         f"{plain['single']['p50'] * 1000:.1f} / {plain['single']['p90'] * 1000:.1f} ms",
-         f"{cycle['single']['p50'] * 1000:.1f} / {cycle['single']['p90'] * 1000:.1f} ms",
-         f"{single_ratio:.2f}x", "-"],
+        [
+            f"batch of {n:,}: wall time",
+            f"{plain['batch']['seconds']:.1f} s ({plain['batch']['per_second']:,.0f}/s)",
+            f"{cycle['batch']['seconds']:.1f} s ({cycle['batch']['per_second']:,.0f}/s)",
+            f"{ratio:.2f}x",
+            f"{verdict(ratio, TARGET_RATIO)} (<= {TARGET_RATIO}x)",
+        ],
+        [
+            "batch: CPU ms per task",
+            cpu(plain["batch"]),
+            cpu(cycle["batch"]),
+            f"{total_cpu(cycle) / total_cpu(plain):.2f}x",
+            "-",
+        ],
+        [
+            "batch: CPU used by others meanwhile",
+            f"{plain['batch']['others_pct']:.0f} % of a core",
+            f"{cycle['batch']['others_pct']:.0f} % of a core",
+            "-",
+            "-",
+        ],
+        [
+            f"one at a time ({m}): round trip p50 / p90",
+            f"{plain['single']['p50'] * 1000:.1f} / {plain['single']['p90'] * 1000:.1f} ms",
+            f"{cycle['single']['p50'] * 1000:.1f} / {cycle['single']['p90'] * 1000:.1f} ms",
+            f"{single_ratio:.2f}x",
+            "-",
+        ],
     ]
     print_report(
         "cycle: defer + resume against a plain task",
         {
             "machine": readings.machine(),
-            "store": "PostgreSQL (local)", "broker": args.broker, "result backend": "Redis",
+            "store": "PostgreSQL (local)",
+            "broker": args.broker,
+            "result backend": "Redis",
             "worker": f"`celery -A benchapp worker -P prefork -c {args.concurrency}` "
-                      "(--without-gossip --without-mingle)",
+            "(--without-gossip --without-mingle)",
             "triggerer": "`celery -A benchapp triggerer --capacity 1000`",
         },
         ["measure", "plain task", "defer + resume", "ratio", "target"],
         rows,
         ["Target: defer + resume <= 2.5x a plain round trip (batch of 20,000)."],
     )
-    readings.dump_json(args.json, {"plain": plain, "cycle": cycle, "ratio": ratio,
-                                  "single_ratio": single_ratio})
+    readings.dump_json(
+        args.json, {"plain": plain, "cycle": cycle, "ratio": ratio, "single_ratio": single_ratio}
+    )
     return 0
 
 

@@ -52,28 +52,41 @@ def arguments(description: str) -> argparse.ArgumentParser:
     """
     signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes, under a minute (CI smoke)")
-    parser.add_argument("--postgres", default=os.environ.get(
-        "CELERY_DEFER_TEST_POSTGRES_URL", DEFAULT_POSTGRES), help="store database (a schema "
-        "of its own is created and dropped)")
-    parser.add_argument("--redis", default=os.environ.get(
-        "CELERY_DEFER_TEST_REDIS_URL", DEFAULT_REDIS), help="Redis for results and marks")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, under a minute (CI smoke)"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("CELERY_DEFER_TEST_POSTGRES_URL", DEFAULT_POSTGRES),
+        help="store database (a schema of its own is created and dropped)",
+    )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("CELERY_DEFER_TEST_REDIS_URL", DEFAULT_REDIS),
+        help="Redis for results and marks",
+    )
     parser.add_argument("--broker", choices=("redis", "amqp"), default="redis")
-    parser.add_argument("--amqp", default=os.environ.get(
-        "CELERY_DEFER_TEST_AMQP_URL", DEFAULT_AMQP))
+    parser.add_argument(
+        "--amqp", default=os.environ.get("CELERY_DEFER_TEST_AMQP_URL", DEFAULT_AMQP)
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
-    parser.add_argument("--quiet-wait", type=float, metavar="SECONDS",
-                        help="wait up to this long for the machine to be idle before each "
-                             "measurement (default 120; 5 with --quick)")
-    parser.add_argument("--profile", metavar="DIR",
-                        help="record py-spy profiles (collapsed stacks) of the measured phase "
-                             "into DIR (needs py-spy)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to this long for the machine to be idle before each "
+        "measurement (default 120; 5 with --quick)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record py-spy profiles (collapsed stacks) of the measured phase "
+        "into DIR (needs py-spy)",
+    )
     return parser
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str,
-               interval: float = 0.05) -> T:
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -103,15 +116,18 @@ class Run:
         redis_url = args.redis.rstrip("/")
         broker = args.amqp if args.broker == "amqp" else f"{redis_url}/0"
         self.env = dict(os.environ)
-        self.env.update({
-            benchapp.BROKER_URL: broker,
-            benchapp.RESULT_BACKEND: f"{redis_url}/0",
-            benchapp.DATABASE_URL: self.store_url,
-            benchapp.MARKER_URL: f"{redis_url}/0",
-            benchapp.PREFIX: self.prefix,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", "")) if p),
-        })
+        self.env.update(
+            {
+                benchapp.BROKER_URL: broker,
+                benchapp.RESULT_BACKEND: f"{redis_url}/0",
+                benchapp.DATABASE_URL: self.store_url,
+                benchapp.MARKER_URL: f"{redis_url}/0",
+                benchapp.PREFIX: self.prefix,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", "")) if p
+                ),
+            }
+        )
         import redis
 
         self.marks = redis.Redis.from_url(f"{redis_url}/0")
@@ -157,7 +173,7 @@ class Run:
         self.admin.dispose()
         keys = list(self.marks.scan_iter(match=f"{self.prefix}*", count=1000))
         for i in range(0, len(keys), 1000):
-            self.marks.delete(*keys[i:i + 1000])
+            self.marks.delete(*keys[i : i + 1000])
         self.marks.close()
         if self.args.keep_logs or self.failed:
             print(f"logs kept in {self.logdir}", file=sys.stderr)
@@ -190,19 +206,35 @@ class Run:
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "benchapp", *argv],
-                cwd=BENCH_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=BENCH_DIR,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.processes[role] = process
         self.logs[role] = log
         return process
 
-    def start_worker(self, concurrency: int, pool: str = "prefork",
-                     timeout: float = 60) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, concurrency: int, pool: str = "prefork", timeout: float = 60
+    ) -> subprocess.Popen[bytes]:
         """A worker on the run's queue; returns once it answers a ping."""
         node = f"bench-{self.id}@localhost"
-        process = self.start("worker", "worker", "-P", pool, "-c", str(concurrency), "-n", node,
-                             "-Q", self.queue, "--without-gossip", "--without-mingle")
+        process = self.start(
+            "worker",
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            node,
+            "-Q",
+            self.queue,
+            "--without-gossip",
+            "--without-mingle",
+        )
 
         def answers() -> bool:
             self._check_alive("worker")
@@ -256,9 +288,24 @@ class Run:
             name = f"{self.name}{tag}-{role}"
             with open(self.logdir / f"py-spy-{name}.log", "ab") as log:
                 self.processes[f"py-spy-{role}"] = subprocess.Popen(
-                    [spy, "record", "--nonblocking", "--subprocesses", "--threads", "-r", "250",
-                     "-f", "raw", "-p", str(self.pid(role)), "-o", str(out / f"{name}.txt")],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    [
+                        spy,
+                        "record",
+                        "--nonblocking",
+                        "--subprocesses",
+                        "--threads",
+                        "-r",
+                        "250",
+                        "-f",
+                        "raw",
+                        "-p",
+                        str(self.pid(role)),
+                        "-o",
+                        str(out / f"{name}.txt"),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
 
     def profiled(self) -> None:
@@ -285,8 +332,9 @@ class Run:
 
     # -- storing deferrals fast -------------------------------------------
 
-    def store_deferrals(self, task_name: str, method: str, moments: Sequence[datetime],
-                        chunk: int = 5000) -> list[str]:
+    def store_deferrals(
+        self, task_name: str, method: str, moments: Sequence[datetime], chunk: int = 5000
+    ) -> list[str]:
         """Store one deferral per moment, each on a ``DateTimeTrigger`` at that moment.
 
         The rows are the ones ``Store.save_deferral`` writes (same columns,
@@ -303,32 +351,60 @@ class Run:
         # The module's own app has the tasks registered; only their serializer
         # settings matter to the snapshot, and those are the same everywhere.
         task = benchapp.app.tasks[task_name]
-        snapshot = resume.snapshot_request(task, Context(
-            id="x", delivery_info={"exchange": "", "routing_key": self.queue},
-            headers={}, ignore_result=False))
+        snapshot = resume.snapshot_request(
+            task,
+            Context(
+                id="x",
+                delivery_info={"exchange": "", "routing_key": self.queue},
+                headers={},
+                ignore_result=False,
+            ),
+        )
         kwargs = serialization.dumps({})
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         ids: list[str] = []
         for start in range(0, len(moments), chunk):
-            part = moments[start:start + chunk]
+            part = moments[start : start + chunk]
             with self.engine.begin() as conn:
                 trigger_rows = []
                 for moment in part:
                     classpath, trigger_kwargs = DateTimeTrigger(moment).serialize()
-                    trigger_rows.append({"classpath": classpath, "created_at": now,
-                                         "kwargs": serialization.dumps(trigger_kwargs)})
-                trigger_ids = conn.execute(
-                    sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
-                    trigger_rows,
-                ).scalars().all()
+                    trigger_rows.append(
+                        {
+                            "classpath": classpath,
+                            "created_at": now,
+                            "kwargs": serialization.dumps(trigger_kwargs),
+                        }
+                    )
+                trigger_ids = (
+                    conn.execute(
+                        sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
+                        trigger_rows,
+                    )
+                    .scalars()
+                    .all()
+                )
                 task_ids = [str(uuid.uuid4()) for _ in part]
-                conn.execute(sa.insert(deferrals), [
-                    {"task_id": task_id, "task_name": task_name, "trigger_id": trigger_id,
-                     "method": method, "kwargs": kwargs, "request": snapshot,
-                     "state": "deferred", "outcome": None, "generation": 1,
-                     "timeout_at": None, "created_at": now, "updated_at": now}
-                    for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True)
-                ])
+                conn.execute(
+                    sa.insert(deferrals),
+                    [
+                        {
+                            "task_id": task_id,
+                            "task_name": task_name,
+                            "trigger_id": trigger_id,
+                            "method": method,
+                            "kwargs": kwargs,
+                            "request": snapshot,
+                            "state": "deferred",
+                            "outcome": None,
+                            "generation": 1,
+                            "timeout_at": None,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True)
+                    ],
+                )
             ids.extend(task_ids)
         return ids
 

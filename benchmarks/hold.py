@@ -42,8 +42,7 @@ def measure(args: Any, n: int, window: float) -> dict[str, Any]:
 
         def owned() -> bool:
             run._check_alive("triggerer")
-            held = run.scalar("select count(*) from defer_triggers "
-                              "where triggerer_id is not null")
+            held = run.scalar("select count(*) from defer_triggers where triggerer_id is not null")
             return bool(held == n)
 
         wait_until(owned, timeout=600, what=f"the triggerer to own {n} triggers", interval=0.1)
@@ -56,15 +55,28 @@ def measure(args: Any, n: int, window: float) -> dict[str, Any]:
         rss, peak = readings.memory(pid)
         stopping = run.stop("triggerer", timeout=120)
         handed_back = run.scalar("select count(*) from defer_triggers where triggerer_id is null")
-        return {"n": n, "insert_s": inserted, "pickup_s": pickup, "pickup_cpu_s": pickup_cpu,
-                "idle_cpu_pct": idle, "rss": rss, "peak_rss": peak, "stop_s": stopping,
-                "handed_back": handed_back, "window_s": window}
+        return {
+            "n": n,
+            "insert_s": inserted,
+            "pickup_s": pickup,
+            "pickup_cpu_s": pickup_cpu,
+            "idle_cpu_pct": idle,
+            "rss": rss,
+            "peak_rss": peak,
+            "stop_s": stopping,
+            "handed_back": handed_back,
+            "window_s": window,
+        }
 
 
 def main() -> int:
     parser = harness.arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, action="append",
-                        help="number of triggers (repeatable; default 10000 and 100000)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        action="append",
+        help="number of triggers (repeatable; default 10000 and 100000)",
+    )
     parser.add_argument("--window", type=float, help="seconds of idle measurement (30)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -75,28 +87,46 @@ def main() -> int:
     for r in results:
         checks = ""
         if r["n"] >= 100_000:
-            checks = ", ".join([
-                f"CPU {verdict(r['idle_cpu_pct'], TARGET_CPU)}",
-                f"RSS {verdict(r['rss'], TARGET_RSS)}",
-                f"pick-up {verdict(r['pickup_s'], TARGET_PICKUP)}",
-            ])
-        rows.append([
-            f"{r['n']:,}", f"{r['pickup_s']:.1f} s", f"{r['pickup_cpu_s']:.1f} s",
-            f"{r['idle_cpu_pct']:.2f} %", mib(r["rss"]), mib(r["peak_rss"]),
-            f"{r['stop_s']:.1f} s ({r['handed_back']:,} handed back)", checks or "-",
-        ])
+            checks = ", ".join(
+                [
+                    f"CPU {verdict(r['idle_cpu_pct'], TARGET_CPU)}",
+                    f"RSS {verdict(r['rss'], TARGET_RSS)}",
+                    f"pick-up {verdict(r['pickup_s'], TARGET_PICKUP)}",
+                ]
+            )
+        rows.append(
+            [
+                f"{r['n']:,}",
+                f"{r['pickup_s']:.1f} s",
+                f"{r['pickup_cpu_s']:.1f} s",
+                f"{r['idle_cpu_pct']:.2f} %",
+                mib(r["rss"]),
+                mib(r["peak_rss"]),
+                f"{r['stop_s']:.1f} s ({r['handed_back']:,} handed back)",
+                checks or "-",
+            ]
+        )
     print_report(
         "hold: one triggerer holding N timer triggers",
         {
             "machine": readings.machine(),
-            "store": "PostgreSQL (local)", "broker": args.broker,
+            "store": "PostgreSQL (local)",
+            "broker": args.broker,
             "worker": "none (nothing fires)",
             "triggerer": "`celery -A benchapp triggerer --capacity N`, defaults otherwise "
-                         "(heartbeat 5 s, health timeout 30 s, uvloop)",
+            "(heartbeat 5 s, health timeout 30 s, uvloop)",
             "idle window": f"{window:.0f} s, starting {SETTLE:.0f} s after pick-up",
         },
-        ["N", "pick-up", "CPU during pick-up", "idle CPU (of one core)", "RSS", "peak RSS",
-         "clean stop", "targets (N=100k)"],
+        [
+            "N",
+            "pick-up",
+            "CPU during pick-up",
+            "idle CPU (of one core)",
+            "RSS",
+            "peak RSS",
+            "clean stop",
+            "targets (N=100k)",
+        ],
         rows,
         ["Targets at N = 100,000: idle CPU <= 2 % of a core, RSS <= 600 MiB, pick-up <= 60 s."],
     )

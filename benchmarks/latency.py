@@ -43,9 +43,14 @@ def measure(args: Any, rate: int, seconds: float, concurrency: int) -> dict[str,
         moments += [first + timedelta(seconds=i / rate) for i in range(n)]
         run.store_deferrals("bench.probe", "arrive", moments)
         run.wake_triggerers()
-        wait_until(lambda: run.scalar("select count(*) from defer_triggers where triggerer_id "
-                                      "is not null") == len(moments), timeout=args.lead,
-                   what="pick-up")
+        wait_until(
+            lambda: (
+                run.scalar("select count(*) from defer_triggers where triggerer_id is not null")
+                == len(moments)
+            ),
+            timeout=args.lead,
+            what="pick-up",
+        )
         ahead = (warm - datetime.now(timezone.utc)).total_seconds()
         if ahead <= 0.5:
             raise RuntimeError(f"pick-up took too long ({ahead:.1f}s ahead); raise --lead")
@@ -54,8 +59,12 @@ def measure(args: Any, rate: int, seconds: float, concurrency: int) -> dict[str,
         window = run.cpu_window("triggerer", "worker")
         began = time.monotonic()
         delays_key = run.key("delays")
-        wait_until(lambda: run.marks.llen(delays_key) >= len(moments), timeout=seconds + 120,
-                   what=f"{len(moments)} resumed probes", interval=0.2)
+        wait_until(
+            lambda: run.marks.llen(delays_key) >= len(moments),
+            timeout=seconds + 120,
+            what=f"{len(moments)} resumed probes",
+            interval=0.2,
+        )
         elapsed = time.monotonic() - began
         run.profiled()
         used = window.stop()
@@ -65,10 +74,18 @@ def measure(args: Any, rate: int, seconds: float, concurrency: int) -> dict[str,
         delays = [d for at, d in timeline if at >= -0.0005]
         cold = [d for at, d in timeline if at < -0.0005]
         return {
-            "n": n, "rate": rate, "seconds": seconds, "elapsed": elapsed, "count": len(delays),
-            "p50": percentile(delays, 50), "p90": percentile(delays, 90),
-            "p99": percentile(delays, 99), "max": max(delays), "min": min(delays),
-            "cold_max": max(cold), "cold_p50": percentile(cold, 50),
+            "n": n,
+            "rate": rate,
+            "seconds": seconds,
+            "elapsed": elapsed,
+            "count": len(delays),
+            "p50": percentile(delays, 50),
+            "p90": percentile(delays, 90),
+            "p99": percentile(delays, 99),
+            "max": max(delays),
+            "min": min(delays),
+            "cold_max": max(cold),
+            "cold_p50": percentile(cold, 50),
             "cpu": used,
             "timeline": timeline,
         }
@@ -76,14 +93,22 @@ def measure(args: Any, rate: int, seconds: float, concurrency: int) -> dict[str,
 
 def main() -> int:
     parser = harness.arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=int, action="append",
-                        help="triggers due per second (repeatable; default 1000 and 150)")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        action="append",
+        help="triggers due per second (repeatable; default 1000 and 150)",
+    )
     parser.add_argument("--seconds", type=float, help="how long they keep coming (30)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (2)")
-    parser.add_argument("--lead", type=float, default=15.0,
-                        help="seconds between storing and the first due moment")
-    parser.add_argument("--profile-worker", action="store_true",
-                        help="with --profile, the worker too (slows it down a lot)")
+    parser.add_argument(
+        "--lead", type=float, default=15.0, help="seconds between storing and the first due moment"
+    )
+    parser.add_argument(
+        "--profile-worker",
+        action="store_true",
+        help="with --profile, the worker too (slows it down a lot)",
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     rates = args.rate or ([200] if args.quick else [1000, 150])
@@ -95,29 +120,50 @@ def main() -> int:
         checks = "-"
         if r["rate"] >= 1000:
             checks = f"p50 {verdict(r['p50'], TARGET_P50)}, p99 {verdict(r['p99'], TARGET_P99)}"
-        rows.append([
-            f"{r['rate']:,}/s for {r['seconds']:.0f} s", f"{r['count']:,} / {r['n']:,}",
-            f"{r['n'] / r['elapsed']:,.0f}/s", f"{r['p50'] * ms:.1f} ms",
-            f"{r['p90'] * ms:.1f} ms", f"{r['p99'] * ms:.1f} ms", f"{r['max'] * ms:.1f} ms",
-            f"{r['cold_p50'] * ms:.0f} / {r['cold_max'] * ms:.0f} ms",
-            readings.describe_cpu(r["cpu"]), checks,
-        ])
+        rows.append(
+            [
+                f"{r['rate']:,}/s for {r['seconds']:.0f} s",
+                f"{r['count']:,} / {r['n']:,}",
+                f"{r['n'] / r['elapsed']:,.0f}/s",
+                f"{r['p50'] * ms:.1f} ms",
+                f"{r['p90'] * ms:.1f} ms",
+                f"{r['p99'] * ms:.1f} ms",
+                f"{r['max'] * ms:.1f} ms",
+                f"{r['cold_p50'] * ms:.0f} / {r['cold_max'] * ms:.0f} ms",
+                readings.describe_cpu(r["cpu"]),
+                checks,
+            ]
+        )
     print_report(
         "latency: due moment to resumed method",
         {
             "machine": readings.machine(),
-            "store": "PostgreSQL (local)", "broker": args.broker, "result backend": "Redis",
+            "store": "PostgreSQL (local)",
+            "broker": args.broker,
+            "result backend": "Redis",
             "worker": f"`celery -A benchapp worker -P prefork -c {args.concurrency}` "
-                      "(--without-gossip --without-mingle)",
+            "(--without-gossip --without-mingle)",
             "triggerer": "`celery -A benchapp triggerer --capacity N+1000` (holds them all)",
             "load": "DateTimeTriggers due at a steady rate, stored ahead in bulk; "
-                    f"{WARM_UP:.0f} s of the same load first, not counted",
+            f"{WARM_UP:.0f} s of the same load first, not counted",
         },
-        ["due", "resumed", "drained at", "p50", "p90", "p99", "max",
-         "warm-up second: p50 / max", "CPU while firing (% of one core)", "targets"],
+        [
+            "due",
+            "resumed",
+            "drained at",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "warm-up second: p50 / max",
+            "CPU while firing (% of one core)",
+            "targets",
+        ],
         rows,
-        ["Targets (1,000/s): p50 <= 20 ms, p99 <= 100 ms. 'others' is CPU used by processes "
-         "outside the benchmark meanwhile."],
+        [
+            "Targets (1,000/s): p50 <= 20 ms, p99 <= 100 ms. 'others' is CPU used by processes "
+            "outside the benchmark meanwhile."
+        ],
     )
     readings.dump_json(args.json, results)
     return 0

@@ -169,8 +169,13 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-def print_report(title: str, setup: dict[str, Any], headers: Sequence[str],
-                 rows: Iterable[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+def print_report(
+    title: str,
+    setup: dict[str, Any],
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    notes: Sequence[str] = (),
+) -> None:
     """Print the setup and a Markdown table (the form the README quotes)."""
     print(f"\n## {title}\n")
     for name, value in setup.items():

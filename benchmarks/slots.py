@@ -48,8 +48,14 @@ def run_waits(run: Run, task: str, n: int, kwargs: Any, budget: float) -> dict[s
 
     wait_until(finished, timeout=budget, what=f"{n} {task}", interval=0.2)
     wall = time.monotonic() - began
-    return {"n": n, "wall": wall, "sent_in": sent, "executions": run.counter("executions"),
-            "all_ran_once": first_runs[0] if first_runs else None, "cpu": window.stop()}
+    return {
+        "n": n,
+        "wall": wall,
+        "sent_in": sent,
+        "executions": run.counter("executions"),
+        "all_ran_once": first_runs[0] if first_runs else None,
+        "cpu": window.stop(),
+    }
 
 
 def main() -> int:
@@ -71,35 +77,63 @@ def main() -> int:
         readings.wait_quiet(args)
         deferred = run_waits(run, "bench.wait", n, lambda: {"seconds": wait}, wait * 10 + 600)
         readings.wait_quiet(args)
-        polled = run_waits(run, "bench.poll", retry_n,
-                           lambda: {"until": time.time() + wait, "countdown": countdown},
-                           wait * 10 + 600)
+        polled = run_waits(
+            run,
+            "bench.poll",
+            retry_n,
+            lambda: {"until": time.time() + wait, "countdown": countdown},
+            wait * 10 + 600,
+        )
     blocking = n * wait / slots
     rows = [
-        [f"deferred ({n:,})", f"{deferred['wall']:.1f} s",
-         f"{deferred['executions']:,} task + {n:,} notice", f"{deferred['sent_in']:.1f} s",
-         f"{deferred['all_ran_once']:.1f} s (all deferred)",
-         f"{verdict(deferred['wall'], TARGET_WALL)} (<= {TARGET_WALL:.0f} s)"
-         if (n, wait) == (10_000, 60.0) else "-"],
-        [f"blocking sleep ({n:,}, computed)", f"{blocking:,.0f} s ({blocking / 3600:.1f} h)",
-         f"{n:,}", "-", "-", "-"],
-        [f"retry(countdown={countdown:g}) polling ({retry_n:,})", f"{polled['wall']:.1f} s",
-         f"{polled['executions']:,} ({polled['executions'] / retry_n:.1f} per task)",
-         f"{polled['sent_in']:.1f} s", "-", "-"],
+        [
+            f"deferred ({n:,})",
+            f"{deferred['wall']:.1f} s",
+            f"{deferred['executions']:,} task + {n:,} notice",
+            f"{deferred['sent_in']:.1f} s",
+            f"{deferred['all_ran_once']:.1f} s (all deferred)",
+            f"{verdict(deferred['wall'], TARGET_WALL)} (<= {TARGET_WALL:.0f} s)"
+            if (n, wait) == (10_000, 60.0)
+            else "-",
+        ],
+        [
+            f"blocking sleep ({n:,}, computed)",
+            f"{blocking:,.0f} s ({blocking / 3600:.1f} h)",
+            f"{n:,}",
+            "-",
+            "-",
+            "-",
+        ],
+        [
+            f"retry(countdown={countdown:g}) polling ({retry_n:,})",
+            f"{polled['wall']:.1f} s",
+            f"{polled['executions']:,} ({polled['executions'] / retry_n:.1f} per task)",
+            f"{polled['sent_in']:.1f} s",
+            "-",
+            "-",
+        ],
     ]
     print_report(
         f"slots: N tasks each waiting {wait:g} s on {slots} worker slots",
         {
             "machine": readings.machine(),
-            "store": "PostgreSQL (local)", "broker": args.broker, "result backend": "Redis",
+            "store": "PostgreSQL (local)",
+            "broker": args.broker,
+            "result backend": "Redis",
             "worker": f"`celery -A benchapp worker -P prefork -c {slots}` "
-                      "(--without-gossip --without-mingle)",
+            "(--without-gossip --without-mingle)",
             "triggerer": f"`celery -A benchapp triggerer --capacity {max(20_000, 2 * n)}`",
             "CPU, deferred run (% of one core)": readings.describe_cpu(deferred["cpu"]),
             "CPU, retry run (% of one core)": readings.describe_cpu(polled["cpu"]),
         },
-        ["pattern", "wall time, first send to last finish", "broker messages",
-         "sending took", "all had run once", "target"],
+        [
+            "pattern",
+            "wall time, first send to last finish",
+            "broker messages",
+            "sending took",
+            "all had run once",
+            "target",
+        ],
         rows,
         [f"Target (N = 10,000, 60 s waits): the deferred run within {TARGET_WALL:.0f} s."],
     )

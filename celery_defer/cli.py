@@ -24,18 +24,40 @@ from celery_defer.triggerer import Triggerer
 
 
 @click.command(cls=CeleryCommand)
-@click.option("--capacity", cls=CeleryOption, type=click.IntRange(min=1), default=None,
-              help_group="Triggerer Options",
-              help="Most triggers run at once (default: defer_triggerer_capacity, 1000).")
-@click.option("-l", "--loglevel", cls=CeleryOption, type=LOG_LEVEL, default="INFO",
-              help_group="Triggerer Options", help="Logging level.")
-@click.option("--metrics-port", cls=CeleryOption, type=click.IntRange(min=0, max=65535),
-              default=None, help_group="Triggerer Options",
-              help="Serve Prometheus metrics on this port, at /metrics.")
+@click.option(
+    "--capacity",
+    cls=CeleryOption,
+    type=click.IntRange(min=1),
+    default=None,
+    help_group="Triggerer Options",
+    help="Most triggers run at once (default: defer_triggerer_capacity, 1000).",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    cls=CeleryOption,
+    type=LOG_LEVEL,
+    default="INFO",
+    help_group="Triggerer Options",
+    help="Logging level.",
+)
+@click.option(
+    "--metrics-port",
+    cls=CeleryOption,
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help_group="Triggerer Options",
+    help="Serve Prometheus metrics on this port, at /metrics.",
+)
 @click.pass_context
 @handle_preload_options
-def triggerer(ctx: click.Context, capacity: int | None, loglevel: Any,
-              metrics_port: int | None = None, **_: Any) -> None:
+def triggerer(
+    ctx: click.Context,
+    capacity: int | None,
+    loglevel: Any,
+    metrics_port: int | None = None,
+    **_: Any,
+) -> None:
     """Run the triggerer: the process that runs deferred tasks' triggers."""
     app = ctx.obj.app
     # This process publishes many resumes and never waits for a result: say
@@ -78,8 +100,12 @@ def init_db(ctx: click.Context) -> None:
 
 @defer.command("send-event", cls=CeleryCommand)
 @click.argument("key")
-@click.option("--payload", default="null", show_default=True,
-              help="The event's payload, as JSON (e.g. '{\"approved\": true}').")
+@click.option(
+    "--payload",
+    default="null",
+    show_default=True,
+    help="The event's payload, as JSON (e.g. '{\"approved\": true}').",
+)
 @click.pass_context
 def send_event_command(ctx: click.Context, key: str, payload: str) -> None:
     """Send an external event: tasks waiting on ExternalEventTrigger(KEY) resume."""

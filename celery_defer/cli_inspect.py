@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMANDS", "reveal"]
 
-_json_option = click.option("--json", "as_json", is_flag=True,
-                            help="Print one JSON document instead of a table.")
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document instead of a table."
+)
 
 
 def reveal(app: Celery, stored: str) -> str:
@@ -120,17 +121,38 @@ def _unknown(task_id: str) -> click.ClickException:
 
 
 @click.command("list", cls=CeleryCommand)
-@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
-              help="Only deferrals in this state (repeatable).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES),
+    help="Only deferrals in this state (repeatable).",
+)
 @click.option("--task-name", default=None, help="Only tasks of this exact name.")
-@click.option("--trigger", "trigger_contains", default=None, metavar="TEXT",
-              help="Only deferrals whose trigger class path contains TEXT.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Most deferrals shown, oldest first.")
+@click.option(
+    "--trigger",
+    "trigger_contains",
+    default=None,
+    metavar="TEXT",
+    help="Only deferrals whose trigger class path contains TEXT.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Most deferrals shown, oldest first.",
+)
 @_json_option
 @click.pass_context
-def list_command(ctx: click.Context, states: tuple[str, ...], task_name: str | None,
-                 trigger_contains: str | None, limit: int, as_json: bool) -> None:
+def list_command(
+    ctx: click.Context,
+    states: tuple[str, ...],
+    task_name: str | None,
+    trigger_contains: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List deferrals, oldest first (never their kwargs: see `show`)."""
     _, store = _store(ctx)
     try:
@@ -146,16 +168,38 @@ def list_command(ctx: click.Context, states: tuple[str, ...], task_name: str | N
         return
     table = [
         [
-            row.task_id, row.task_name, row.state, str(row.generation), row.method,
-            row.trigger_classpath or "-", "-" if row.trigger_id is None else str(row.trigger_id),
-            row.triggerer_id or "-", _duration(_seconds_since(row.created_at, now)),
-            "-" if row.timeout_at is None
+            row.task_id,
+            row.task_name,
+            row.state,
+            str(row.generation),
+            row.method,
+            row.trigger_classpath or "-",
+            "-" if row.trigger_id is None else str(row.trigger_id),
+            row.triggerer_id or "-",
+            _duration(_seconds_since(row.created_at, now)),
+            "-"
+            if row.timeout_at is None
             else _duration(-(_seconds_since(row.timeout_at, now) or 0.0)),
         ]
         for row in rows
     ]
-    click.echo(_table(["TASK ID", "TASK", "STATE", "GEN", "METHOD", "TRIGGER", "TRIGGER ID",
-                       "TRIGGERER", "AGE", "TIMEOUT IN"], table))
+    click.echo(
+        _table(
+            [
+                "TASK ID",
+                "TASK",
+                "STATE",
+                "GEN",
+                "METHOD",
+                "TRIGGER",
+                "TRIGGER ID",
+                "TRIGGERER",
+                "AGE",
+                "TIMEOUT IN",
+            ],
+            table,
+        )
+    )
     if len(rows) == limit:
         click.echo(f"(first {limit} shown; there may be more: raise --limit or filter)")
 
@@ -193,12 +237,18 @@ def show_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
     outcome = None if detail.outcome is None else reveal(app, detail.outcome)
     if as_json:
         document = _summary_json(detail, now)
-        document.update(kwargs=_value_json(kwargs), trigger_kwargs=_value_json(trigger_kwargs),
-                        outcome=_value_json(outcome))
+        document.update(
+            kwargs=_value_json(kwargs),
+            trigger_kwargs=_value_json(trigger_kwargs),
+            outcome=_value_json(outcome),
+        )
         click.echo(json.dumps(document, indent=2))
         return
-    trigger = "-" if detail.trigger_id is None else (
-        f"{detail.trigger_classpath} (id {detail.trigger_id})")
+    trigger = (
+        "-"
+        if detail.trigger_id is None
+        else (f"{detail.trigger_classpath} (id {detail.trigger_id})")
+    )
     fields = [
         ("task id", detail.task_id),
         ("task name", detail.task_name),
@@ -206,10 +256,15 @@ def show_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
         ("generation", str(detail.generation)),
         ("method", detail.method),
         ("trigger", trigger),
-        ("triggerer", detail.triggerer_id
-         or ("-" if detail.trigger_id is None else "none yet: waiting for a free triggerer")),
-        ("deferred at", f"{_iso(detail.created_at)} "
-                        f"({_duration(_seconds_since(detail.created_at, now))} ago)"),
+        (
+            "triggerer",
+            detail.triggerer_id
+            or ("-" if detail.trigger_id is None else "none yet: waiting for a free triggerer"),
+        ),
+        (
+            "deferred at",
+            f"{_iso(detail.created_at)} ({_duration(_seconds_since(detail.created_at, now))} ago)",
+        ),
         ("updated at", f"{_iso(detail.updated_at)}"),
         ("timeout at", "-" if detail.timeout_at is None else _iso(detail.timeout_at) or "-"),
         ("kwargs", _value_text(kwargs)),
@@ -245,8 +300,9 @@ def cancel_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
             f"task {task_id} left its deferral meanwhile (it resumed or finished): not cancelled"
         )
     try:
-        app.backend.mark_as_revoked(task_id, reason="cancelled while deferred (celery defer "
-                                                    "cancel)")
+        app.backend.mark_as_revoked(
+            task_id, reason="cancelled while deferred (celery defer cancel)"
+        )
     except Exception as exc:
         raise click.ClickException(
             f"the deferral of task {task_id} is cancelled, but recording it as REVOKED in the "
@@ -262,17 +318,29 @@ def cancel_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
     elif before.trigger_id is not None:
         trigger_note = f"its trigger {before.trigger_id} keeps running for other waiting tasks"
     else:
-        trigger_note = "its trigger had already fired; a resume already sent is dropped by " \
-                       "the worker"
+        trigger_note = (
+            "its trigger had already fired; a resume already sent is dropped by the worker"
+        )
     if as_json:
-        click.echo(json.dumps({
-            "task_id": task_id, "task_name": before.task_name, "cancelled": True,
-            "previous_state": before.state, "state": "REVOKED",
-            "deleted_trigger_ids": cancelled.trigger_ids, "note": trigger_note,
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "task_id": task_id,
+                    "task_name": before.task_name,
+                    "cancelled": True,
+                    "previous_state": before.state,
+                    "state": "REVOKED",
+                    "deleted_trigger_ids": cancelled.trigger_ids,
+                    "note": trigger_note,
+                },
+                indent=2,
+            )
+        )
         return
-    click.echo(f"cancelled deferred task {task_id} ({before.task_name}, was {before.state}); "
-               f"its result is REVOKED")
+    click.echo(
+        f"cancelled deferred task {task_id} ({before.task_name}, was {before.state}); "
+        f"its result is REVOKED"
+    )
     click.echo(trigger_note)
 
 
@@ -280,21 +348,32 @@ def _stats_json(stats: StoreStats, now: datetime, health_timeout: float) -> dict
     triggerers = []
     for t in stats.triggerers:
         age = _seconds_since(t.heartbeat_at, now)
-        triggerers.append({
-            "id": t.id, "host": t.host, "pid": t.pid, "running": t.running,
-            "capacity": t.capacity, "started_at": _iso(t.started_at),
-            "heartbeat_at": _iso(t.heartbeat_at), "heartbeat_age_seconds": age,
-            "alive": age is not None and age <= health_timeout,
-        })
+        triggerers.append(
+            {
+                "id": t.id,
+                "host": t.host,
+                "pid": t.pid,
+                "running": t.running,
+                "capacity": t.capacity,
+                "started_at": _iso(t.started_at),
+                "heartbeat_at": _iso(t.heartbeat_at),
+                "heartbeat_age_seconds": age,
+                "alive": age is not None and age <= health_timeout,
+            }
+        )
     oldest = stats.oldest
     return {
         "triggerers": triggerers,
         "deferrals": {
             "by_state": stats.by_state,
             "total": sum(stats.by_state.values()),
-            "oldest": None if oldest is None else {
-                "task_id": oldest.task_id, "task_name": oldest.task_name,
-                "state": oldest.state, "created_at": _iso(oldest.created_at),
+            "oldest": None
+            if oldest is None
+            else {
+                "task_id": oldest.task_id,
+                "task_name": oldest.task_name,
+                "state": oldest.state,
+                "created_at": _iso(oldest.created_at),
                 "age_seconds": _seconds_since(oldest.created_at, now),
             },
         },
@@ -318,24 +397,40 @@ def stats_command(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(document, indent=2))
         return
     if document["triggerers"]:
-        click.echo(_table(
-            ["TRIGGERER", "HOST", "PID", "RUNNING / CAPACITY", "HEARTBEAT AGE"],
-            [[t["id"], t["host"], str(t["pid"]), f"{t['running']} / {t['capacity']}",
-              _duration(t["heartbeat_age_seconds"]) + ("" if t["alive"] else " (silent: dead?)")]
-             for t in document["triggerers"]],
-        ))
+        click.echo(
+            _table(
+                ["TRIGGERER", "HOST", "PID", "RUNNING / CAPACITY", "HEARTBEAT AGE"],
+                [
+                    [
+                        t["id"],
+                        t["host"],
+                        str(t["pid"]),
+                        f"{t['running']} / {t['capacity']}",
+                        _duration(t["heartbeat_age_seconds"])
+                        + ("" if t["alive"] else " (silent: dead?)"),
+                    ]
+                    for t in document["triggerers"]
+                ],
+            )
+        )
     else:
         click.echo("no triggerer is running")
     click.echo()
     deferrals = document["deferrals"]
-    click.echo(_table(["STATE", "DEFERRALS"],
-                      [[state, str(count)] for state, count in deferrals["by_state"].items()]
-                      + [["total", str(deferrals["total"])]]))
+    click.echo(
+        _table(
+            ["STATE", "DEFERRALS"],
+            [[state, str(count)] for state, count in deferrals["by_state"].items()]
+            + [["total", str(deferrals["total"])]],
+        )
+    )
     click.echo()
     oldest = deferrals["oldest"]
     if oldest is not None:
-        click.echo(f"oldest deferral: task {oldest['task_id']} ({oldest['task_name']}, "
-                   f"{oldest['state']}), deferred {_duration(oldest['age_seconds'])} ago")
+        click.echo(
+            f"oldest deferral: task {oldest['task_id']} ({oldest['task_name']}, "
+            f"{oldest['state']}), deferred {_duration(oldest['age_seconds'])} ago"
+        )
     click.echo(f"triggers waiting for a triggerer: {document['triggers_waiting_for_a_triggerer']}")
 
 

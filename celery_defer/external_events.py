@@ -68,8 +68,12 @@ def send_event(app: Celery, key: str, payload: Any = None) -> int:
         )
     event = store_for(app).add_event(key, text)
     announce_event(app, key)
-    logger.info("sent external event %s (id %s)", key, event.id,
-                extra={"event_key": key, "event_id": event.id})
+    logger.info(
+        "sent external event %s (id %s)",
+        key,
+        event.id,
+        extra={"event_key": key, "event_id": event.id},
+    )
     return event.id
 
 
@@ -89,8 +93,7 @@ def payload_of(event: ExternalEvent) -> Any:
 
 def event_exchange(app: Celery) -> Exchange:
     """The fanout exchange event hints go to (named after ``defer_trigger_queue``)."""
-    return Exchange(f"{Settings.from_app(app).trigger_queue}.events", type="fanout",
-                    durable=False)
+    return Exchange(f"{Settings.from_app(app).trigger_queue}.events", type="fanout", durable=False)
 
 
 def announce_event(app: Celery, key: str) -> None:

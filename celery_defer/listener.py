@@ -25,8 +25,12 @@ HINT_TTL = 300
 
 
 def publish_hint(
-    app: Celery, body: dict[str, Any], exchange: Exchange, routing_key: str,
-    declare: Sequence[Exchange | Queue], what: str,
+    app: Celery,
+    body: dict[str, Any],
+    exchange: Exchange,
+    routing_key: str,
+    declare: Sequence[Exchange | Queue],
+    what: str,
 ) -> None:
     """Publish a best-effort hint to the triggerers; never fails the caller.
 
@@ -46,8 +50,12 @@ def publish_hint(
                 retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
             )
     except Exception as exc:
-        logger.warning("could not announce %s (%s); triggerers find it on their next scan",
-                       what, exc, extra={"hint": body})
+        logger.warning(
+            "could not announce %s (%s); triggerers find it on their next scan",
+            what,
+            exc,
+            extra={"hint": body},
+        )
 
 
 class BrokerListener(threading.Thread):

@@ -39,11 +39,18 @@ def notice_queue(app: Celery) -> Queue:
 def announce_trigger(app: Celery, trigger_id: int) -> None:
     """Tell the triggerers a trigger is waiting; never fails the caller."""
     queue = notice_queue(app)
-    publish_hint(app, {"trigger_id": trigger_id}, queue.exchange, queue.routing_key, [queue],
-                 f"trigger {trigger_id}")
+    publish_hint(
+        app,
+        {"trigger_id": trigger_id},
+        queue.exchange,
+        queue.routing_key,
+        [queue],
+        f"trigger {trigger_id}",
+    )
 
 
 def notice_listener(app: Celery, on_notice: Callable[[], None]) -> BrokerListener:
     """A listener that calls ``on_notice`` for each new-trigger notice."""
-    return BrokerListener(app, "new-trigger notices", lambda: [notice_queue(app)],
-                          lambda body: on_notice())
+    return BrokerListener(
+        app, "new-trigger notices", lambda: [notice_queue(app)], lambda body: on_notice()
+    )

@@ -58,13 +58,21 @@ def snapshot_request(task: Task, request: Context, deadline_at: datetime | None 
     else:  # Celery < 5.3.5 has no as_execution_options(): same fields by hand.
         limit_hard, limit_soft = request.timelimit or (None, None)
         options = {
-            "root_id": request.root_id, "parent_id": request.parent_id,
-            "group_id": request.group, "group_index": getattr(request, "group_index", None),
-            "shadow": request.shadow, "chord": request.chord, "chain": request.chain,
-            "link": request.callbacks, "link_error": request.errbacks,
-            "expires": request.expires, "soft_time_limit": limit_soft,
-            "time_limit": limit_hard, "headers": request.headers,
-            "retries": request.retries, "reply_to": request.reply_to,
+            "root_id": request.root_id,
+            "parent_id": request.parent_id,
+            "group_id": request.group,
+            "group_index": getattr(request, "group_index", None),
+            "shadow": request.shadow,
+            "chord": request.chord,
+            "chain": request.chain,
+            "link": request.callbacks,
+            "link_error": request.errbacks,
+            "expires": request.expires,
+            "soft_time_limit": limit_soft,
+            "time_limit": limit_hard,
+            "headers": request.headers,
+            "retries": request.retries,
+            "reply_to": request.reply_to,
         }
     for key in _NOT_REPLAYED:
         options.pop(key, None)
@@ -155,7 +163,8 @@ def publish(app: Celery, orders: Sequence[ResumeOrder]) -> list[ResumeOrder]:
             except Exception:
                 logger.exception(
                     "could not publish the resume of task %s (%s); the sweep retries it",
-                    order.task_id, order.task_name,
+                    order.task_id,
+                    order.task_name,
                     extra={"task_id": order.task_id, "task_name": order.task_name},
                 )
                 continue

@@ -57,8 +57,12 @@ def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
     _publish(app, stuck)
     deleted = store.delete_unused_triggers()
     events_deleted = _delete_expired_events(app, now)
-    report = SweepReport(timed_out=timed_out, republished=republished, triggers_deleted=deleted,
-                         events_deleted=events_deleted)
+    report = SweepReport(
+        timed_out=timed_out,
+        republished=republished,
+        triggers_deleted=deleted,
+        events_deleted=events_deleted,
+    )
     if timed_out or republished or deleted or events_deleted:
         logger.info("sweep: %s", report, extra=asdict(report))
     return report
@@ -127,8 +131,9 @@ def install(app: Celery) -> None:
 
     def add_entry(**_: Any) -> None:
         interval = Settings.from_app(app).sweep_interval
-        app.add_periodic_task(interval, app.signature(SWEEP_TASK_NAME), name=SWEEP_TASK_NAME,
-                              expires=interval)
+        app.add_periodic_task(
+            interval, app.signature(SWEEP_TASK_NAME), name=SWEEP_TASK_NAME, expires=interval
+        )
 
     if app.configured:
         add_entry()

@@ -142,14 +142,25 @@ class DeferrableTask(Task):  # type: ignore[misc]
             )
         )
         notices.announce_trigger(self.app, stored.trigger_id)
-        events.send(self, "task-deferred", trigger=checked.trigger_classpath,
-                    method=checked.method, generation=stored.generation,
-                    timeout_at=checked.timeout_at.isoformat() if checked.timeout_at else None)
+        events.send(
+            self,
+            "task-deferred",
+            trigger=checked.trigger_classpath,
+            method=checked.method,
+            generation=stored.generation,
+            timeout_at=checked.timeout_at.isoformat() if checked.timeout_at else None,
+        )
         logger.info(
             "task %s[%s] deferred on %s (generation %s)",
-            self.name, task_id, checked.trigger_classpath, stored.generation,
-            extra={"task_id": task_id, "trigger_id": stored.trigger_id,
-                   "generation": stored.generation},
+            self.name,
+            task_id,
+            checked.trigger_classpath,
+            stored.generation,
+            extra={
+                "task_id": task_id,
+                "trigger_id": stored.trigger_id,
+                "generation": stored.generation,
+            },
         )
         raise Ignore()
 
@@ -169,7 +180,9 @@ class DeferrableTask(Task):  # type: ignore[misc]
         if not claimed:
             logger.warning(
                 "dropping a stale or duplicate resume of task %s[%s] (generation %s)",
-                self.name, task_id, generation,
+                self.name,
+                task_id,
+                generation,
                 extra={"task_id": task_id, "generation": generation},
             )
             raise Ignore()
@@ -200,7 +213,10 @@ class DeferrableTask(Task):  # type: ignore[misc]
         countdown = min(2.0**attempt, 60.0)
         logger.warning(
             "store unreachable while resuming %s[%s] (%s); resending in %.0fs",
-            self.name, self.request.id, error, countdown,
+            self.name,
+            self.request.id,
+            error,
+            countdown,
             extra={"task_id": self.request.id, "attempt": attempt},
         )
         signature = self.signature_from_request(self.request)
@@ -296,7 +312,10 @@ def _warn_if_outlives_results(task: Task, timeout_at: datetime | None) -> None:
         logger.warning(
             "task %s[%s] may stay deferred longer than result_expires (%s): its DEFERRED "
             "state expires meanwhile and reads PENDING; raise result_expires",
-            task.name, task.request.id, expires, extra={"task_id": task.request.id},
+            task.name,
+            task.request.id,
+            expires,
+            extra={"task_id": task.request.id},
         )
 
 
@@ -336,5 +355,8 @@ def _quietly(operation: Any, task_id: str, generation: int) -> None:
     try:
         operation(task_id, generation)
     except StoreError:
-        logger.exception("could not record the end of resumed task %s", task_id,
-                         extra={"task_id": task_id, "generation": generation})
+        logger.exception(
+            "could not record the end of resumed task %s",
+            task_id,
+            extra={"task_id": task_id, "generation": generation},
+        )

@@ -66,8 +66,12 @@ def result_payload(task_id: str, meta: dict[str, Any]) -> dict[str, Any]:
     state = str(meta.get("status"))
     value = meta.get("result")
     if state == states.SUCCESS:
-        payload: dict[str, Any] = {"task_id": task_id, "state": state, "result": value,
-                                   "error": None}
+        payload: dict[str, Any] = {
+            "task_id": task_id,
+            "state": state,
+            "result": value,
+            "error": None,
+        }
         try:
             serialization.encode(value)
         except SerializationError:
@@ -87,6 +91,9 @@ def result_payload(task_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         "task_id": task_id,
         "state": state,
         "result": None,
-        "error": {"type": kind, "message": message,
-                  "traceback": traceback if isinstance(traceback, str) else None},
+        "error": {
+            "type": kind,
+            "message": message,
+            "traceback": traceback if isinstance(traceback, str) else None,
+        },
     }

@@ -129,6 +129,8 @@ def wait_until_deferred(result: AsyncResult, timeout: float = 10.0) -> None:
         if result.ready():
             raise AssertionError(f"task {result.id} ended {state} without deferring")
         if time.monotonic() > deadline:
-            raise AssertionError(f"task {result.id} is still {state} after {timeout}s, "
-                                 "not DEFERRED: is a worker running?")
+            raise AssertionError(
+                f"task {result.id} is still {state} after {timeout}s, "
+                "not DEFERRED: is a worker running?"
+            )
         time.sleep(0.01)

@@ -66,8 +66,7 @@ def check_method(task: Task, name: Any) -> None:
         raise InvalidDeferral(f"method_name {name!r} is private: resume into a public method")
     if name != "run" and hasattr(Task, name):
         raise InvalidDeferral(
-            f"method_name {name!r} is part of Celery's Task API, not a method of "
-            f"task {task.name!r}"
+            f"method_name {name!r} is part of Celery's Task API, not a method of task {task.name!r}"
         )
     method = getattr(task, name, None)
     if method is None:

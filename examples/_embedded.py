@@ -32,8 +32,12 @@ def embedded_app(name: str) -> Celery:
     atexit.register(shutil.rmtree, data, ignore_errors=True)
     for folder in ("broker", "control", "results"):
         (data / folder).mkdir()
-    app = Celery(name, broker="defer-filesystem://", backend=f"file://{data / 'results'}",
-                 set_as_current=False)
+    app = Celery(
+        name,
+        broker="defer-filesystem://",
+        backend=f"file://{data / 'results'}",
+        set_as_current=False,
+    )
     app.conf.update(
         broker_transport_options={
             "data_folder_in": str(data / "broker"),
@@ -54,8 +58,13 @@ def worker_and_triggerer(app: Celery, concurrency: int = 2) -> Iterator[None]:
     """A worker thread and a triggerer for ``app``, for the duration of the block."""
     logging.getLogger("celery").setLevel(logging.CRITICAL)  # keep the example's output clean
     with (
-        start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False,
-                     loglevel="CRITICAL"),
+        start_worker(
+            app,
+            pool="threads",
+            concurrency=concurrency,
+            perform_ping_check=False,
+            loglevel="CRITICAL",
+        ),
         Triggerer(app),
     ):
         yield

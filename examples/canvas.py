@@ -64,8 +64,7 @@ def wait_an_hour(self: DeferrableTask) -> None:
 
 
 def main() -> None:
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False), \
-            Triggerer(app):
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False), Triggerer(app):
         # The deferring task sits in the middle of a chain: add(1) -> 2, doubled -> 4, +1 -> 5.
         print("chain :", chain(add.s(1), slow_double.s(), add.s()).apply_async().get(timeout=10))
 
@@ -75,8 +74,10 @@ def main() -> None:
         print(f"group : {doubled} in {time.monotonic() - started:.1f}s")
 
         # The chord's callback runs once, after the last member resumed and finished.
-        print("chord :", chord((slow_double.s(i) for i in range(10)), total.s())
-              .apply_async().get(timeout=10))
+        print(
+            "chord :",
+            chord((slow_double.s(i) for i in range(10)), total.s()).apply_async().get(timeout=10),
+        )
 
         # link fires at the real end, not when the task deferred.
         result = slow_double.apply_async((21,), link=report.s(label="link"))

@@ -66,8 +66,10 @@ class JobStatusTrigger(BaseTrigger):
         self.poll_interval = poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{__name__}.JobStatusTrigger",
-                {"url": self.url, "poll_interval": self.poll_interval})
+        return (
+            f"{__name__}.JobStatusTrigger",
+            {"url": self.url, "poll_interval": self.poll_interval},
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
@@ -83,8 +85,11 @@ def run_report(self: DeferrableTask, status_url: str, event: TriggerEvent | None
     """Waits for the remote report job, then hands back where its output is."""
     if event is None:
         # (Here the job was started by the caller; usually the task starts it first.)
-        self.defer(trigger=JobStatusTrigger(status_url, poll_interval=0.3),
-                   kwargs={"status_url": status_url}, timeout=3600)
+        self.defer(
+            trigger=JobStatusTrigger(status_url, poll_interval=0.3),
+            kwargs={"status_url": status_url},
+            timeout=3600,
+        )
     status: dict[str, Any] = event.payload
     if status["state"] != "done":
         raise RuntimeError(f"the report job failed: {status}")

@@ -56,8 +56,11 @@ class WaitThenAdd(DeferrableTask):
     name = "quickstart.wait_then_add"
 
     def run(self, x: int, y: int, seconds: float = 2.0) -> None:
-        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
-                   method_name="finish", kwargs={"total": x + y})
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
+            method_name="finish",
+            kwargs={"total": x + y},
+        )
 
     def finish(self, total: int, event: object = None) -> int:
         return total
@@ -70,8 +73,9 @@ wait_then_add = app.register_task(WaitThenAdd())
 def at_moment(self: DeferrableTask, moment: str, event: object = None) -> str:
     """Waits until an absolute moment (DateTimeTrigger), then reports it."""
     if event is None:
-        self.defer(trigger=DateTimeTrigger(datetime.fromisoformat(moment)),
-                   kwargs={"moment": moment})
+        self.defer(
+            trigger=DateTimeTrigger(datetime.fromisoformat(moment)), kwargs={"moment": moment}
+        )
     return f"woke at {moment}"
 
 
@@ -91,20 +95,29 @@ def too_slow(self: DeferrableTask, event: object = None) -> str:
 
 
 def _start(*argv: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH",
-                                                                                   "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    )
     log = open(DATA / f"{argv[0]}.log", "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "quickstart", *argv],
-                            cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "quickstart", *argv],
+        cwd=HERE,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def main() -> int:
     shutil.rmtree(DATA, ignore_errors=True)
     for folder in (BROKER_DIR, DATA / "control", DATA / "results"):
         folder.mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "celery", "-A", "quickstart", "defer", "init-db"],
-                   cwd=HERE, check=True,
-                   env=dict(os.environ, PYTHONPATH=str(HERE)))
+    subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "quickstart", "defer", "init-db"],
+        cwd=HERE,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(HERE)),
+    )
     processes = [
         _start("worker", "--pool", "threads", "--concurrency", "2", "--loglevel", "INFO"),
         _start("triggerer", "--loglevel", "INFO"),

@@ -35,8 +35,11 @@ pytest_plugins = ("celery.contrib.pytest", "celery_defer.contrib.pytest")
 def remind_tomorrow(self: DeferrableTask, name: str, event: Any = None) -> str:
     """Send a reminder one day after the order: the worker is free meanwhile."""
     if event is None:
-        self.defer(trigger=TimeDeltaTrigger(timedelta(days=1)), kwargs={"name": name},
-                   timeout=timedelta(days=2))
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(days=1)),
+            kwargs={"name": name},
+            timeout=timedelta(days=2),
+        )
     return f"good morning, {name}"
 
 
@@ -44,8 +47,11 @@ def remind_tomorrow(self: DeferrableTask, name: str, event: Any = None) -> str:
 def wait_for_payment(self: DeferrableTask, order: int, event: Any = None) -> str:
     """Check again in a week, but give up on the order after three days."""
     if event is None:
-        self.defer(trigger=TimeDeltaTrigger(timedelta(weeks=1)), kwargs={"order": order},
-                   timeout=timedelta(days=3))
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(weeks=1)),
+            kwargs={"order": order},
+            timeout=timedelta(days=3),
+        )
     return "paid"
 
 

@@ -36,8 +36,9 @@ def next_occurrence(at: time, zone: ZoneInfo, now: datetime | None = None) -> da
 
 
 @app.task(base=DeferrableTask, bind=True, name="time_of_day.daily_report")
-def daily_report(self: DeferrableTask, at: str, zone: str,
-                 event: TriggerEvent | None = None) -> str:
+def daily_report(
+    self: DeferrableTask, at: str, zone: str, event: TriggerEvent | None = None
+) -> str:
     """Runs at the next ``at`` (``"HH:MM:SS"``) in time zone ``zone``."""
     if event is None:
         moment = next_occurrence(time.fromisoformat(at), ZoneInfo(zone))

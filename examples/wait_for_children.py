@@ -50,9 +50,12 @@ class FanOut(DeferrableTask):
         return collected
 
     def _wait_for(self, pending: list[str], collected: list[str]) -> None:
-        self.defer(trigger=TaskResultTrigger(pending[0], poll_interval=0.2),
-                   method_name="collect", kwargs={"pending": pending[1:], "collected": collected},
-                   timeout=60)
+        self.defer(
+            trigger=TaskResultTrigger(pending[0], poll_interval=0.2),
+            method_name="collect",
+            kwargs={"pending": pending[1:], "collected": collected},
+            timeout=60,
+        )
 
 
 fan_out = app.register_task(FanOut())

@@ -33,12 +33,16 @@ app = embedded_app("webhook_approval")
 
 
 @app.task(base=DeferrableTask, bind=True, name="webhook_approval.publish_article")
-def publish_article(self: DeferrableTask, article_id: int, event: TriggerEvent | None = None
-                    ) -> str:
+def publish_article(
+    self: DeferrableTask, article_id: int, event: TriggerEvent | None = None
+) -> str:
     """Publishes an article once an editor approved it (waits up to a day)."""
     if event is None:
-        self.defer(trigger=ExternalEventTrigger(f"approval:{article_id}"),
-                   kwargs={"article_id": article_id}, timeout=86400)
+        self.defer(
+            trigger=ExternalEventTrigger(f"approval:{article_id}"),
+            kwargs={"article_id": article_id},
+            timeout=86400,
+        )
     decision: dict[str, Any] = event.payload
     if not decision.get("approved"):
         return f"rejected by {decision.get('by')}"
@@ -68,9 +72,12 @@ class ApprovalHandler(BaseHTTPRequestHandler):
 
 def post(base_url: str, article_id: int, decision: dict[str, Any]) -> int:
     """What the editor's browser (or another service) does."""
-    request = urllib.request.Request(f"{base_url}/approvals/{article_id}", method="POST",
-                                     data=json.dumps(decision).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base_url}/approvals/{article_id}",
+        method="POST",
+        data=json.dumps(decision).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return int(response.status)
 

@@ -90,21 +90,29 @@ def register(app: Celery) -> dict[str, Any]:
             self.defer(trigger=SuccessTrigger())
         COUNTS["quiet-done"] += 1
 
-    tasks = dict(add1=add1, total=total, times10=times10, stubborn=stubborn,
-                 waits_forever=waits_forever, quiet=quiet)
+    tasks = dict(
+        add1=add1,
+        total=total,
+        times10=times10,
+        stubborn=stubborn,
+        waits_forever=waits_forever,
+        quiet=quiet,
+    )
     tasks["patient"] = app.register_task(Patient())
     return tasks
 
 
 @pytest.fixture(scope="module", params=[2, 1], ids=["protocol2", "protocol1"])
-def canvas(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, dict[str, Any]]]:
+def canvas(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Celery, dict[str, Any]]]:
     store = tmp_path_factory.mktemp("store") / "store.sqlite3"
     app = make_app(f"sqlite:///{store}", task_protocol=request.param)
     tasks = register(app)
     with (
-        start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
-                     task_events=True),
+        start_worker(
+            app, pool="threads", concurrency=2, perform_ping_check=False, task_events=True
+        ),
         Triggerer(app),
     ):
         yield app, tasks

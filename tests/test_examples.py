@@ -13,8 +13,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.mark.slow
 def test_canvas_example() -> None:
-    done = subprocess.run([sys.executable, str(EXAMPLES / "canvas.py")], cwd=EXAMPLES,
-                          capture_output=True, text=True, timeout=90)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "canvas.py")],
+        cwd=EXAMPLES,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert "chain : 5" in lines

@@ -23,8 +23,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 def outputs() -> dict[str, str]:
     """Run every example at once; their stdout by name (a failure shows everything)."""
     running = {
-        name: subprocess.Popen([sys.executable, str(EXAMPLES / f"{name}.py")], cwd=EXAMPLES,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            [sys.executable, str(EXAMPLES / f"{name}.py")],
+            cwd=EXAMPLES,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in NAMES
     }
     results: dict[str, str] = {}

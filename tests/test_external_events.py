@@ -70,8 +70,11 @@ def test_the_sweep_deletes_events_past_the_retention(store_url: str) -> None:
     celery_defer.send_event(app, "new", "kept")
     store = store_for(app)
     with store.engine.begin() as conn:  # the first three were sent two minutes ago
-        conn.execute(sa.update(external_events).where(external_events.c.key == "old")
-                     .values(created_at=utcnow() - timedelta(minutes=2)))
+        conn.execute(
+            sa.update(external_events)
+            .where(external_events.c.key == "old")
+            .values(created_at=utcnow() - timedelta(minutes=2))
+        )
     report = sweep(app)
     assert report.events_deleted == 3
     assert set(store.latest_events(["old", "new"], datetime(2000, 1, 1))) == {"new"}
@@ -147,8 +150,11 @@ def events_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sql
 
 def backdate(store: SqlStore, event_id: int, age: timedelta) -> None:
     with store.engine.begin() as conn:
-        conn.execute(sa.update(external_events).where(external_events.c.id == event_id)
-                     .values(created_at=utcnow() - age))
+        conn.execute(
+            sa.update(external_events)
+            .where(external_events.c.id == event_id)
+            .values(created_at=utcnow() - age)
+        )
 
 
 def test_latest_events_gives_the_newest_of_each_key_since_a_cutoff(events_store: SqlStore) -> None:
@@ -158,8 +164,9 @@ def test_latest_events_gives_the_newest_of_each_key_since_a_cutoff(events_store:
     events_store.add_event("c", '"c1"')
     backdate(events_store, only_old.id, timedelta(hours=2))
     backdate(events_store, first.id, timedelta(hours=2))
-    found = events_store.latest_events(["a", "b", "c", "missing"],
-                                       datetime.now(timezone.utc) - timedelta(hours=1))
+    found = events_store.latest_events(
+        ["a", "b", "c", "missing"], datetime.now(timezone.utc) - timedelta(hours=1)
+    )
     assert {key: event.payload for key, event in found.items()} == {"a": '"a2"', "c": '"c1"'}
     assert found["c"].created_at <= utcnow()
     assert events_store.latest_events([], datetime(2000, 1, 1)) == {}
@@ -204,7 +211,7 @@ def test_a_version_1_store_is_upgraded_with_the_events_table(events_store: SqlSt
 
 # -- the command line -----------------------------------------------------------------------------
 
-APP_MODULE = '''
+APP_MODULE = """
 from celery import Celery
 import celery_defer
 
@@ -215,7 +222,7 @@ app.conf.update(
                                "control_folder": "{data}/control"}},
     defer_database_url="sqlite:///{data}/store.sqlite3",
 )
-'''
+"""
 
 
 @pytest.fixture
@@ -227,13 +234,24 @@ def project(tmp_path: Path) -> Path:
 
 
 def celery(project: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "celery", "-A", "eventsapp", *argv],
-                          cwd=project, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "eventsapp", *argv],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_send_event_command_stores_the_event(project: Path) -> None:
-    done = celery(project, "defer", "send-event", "approval:7",
-                  "--payload", '{"approved": true, "by": "alice"}')
+    done = celery(
+        project,
+        "defer",
+        "send-event",
+        "approval:7",
+        "--payload",
+        '{"approved": true, "by": "alice"}',
+    )
     assert done.returncode == 0, done.stderr
     assert "sent event 'approval:7'" in done.stdout
     store = SqlStore(f"sqlite:///{project / 'store.sqlite3'}")

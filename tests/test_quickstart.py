@@ -14,8 +14,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_quickstart_runs_every_trigger_and_the_timeout() -> None:
-    done = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py")], cwd=EXAMPLES,
-                          capture_output=True, text=True, timeout=80)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        cwd=EXAMPLES,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "DEFERRED" in out

@@ -91,5 +91,9 @@ def test_install_on_a_configured_app(store_url: str) -> None:
     entry = app.conf.beat_schedule[SWEEP_TASK_NAME]
     assert entry["schedule"] == 0.5
     report = app.tasks[SWEEP_TASK_NAME].apply().get()
-    assert json.loads(json.dumps(report)) == {"timed_out": 0, "republished": 0,
-                                              "triggers_deleted": 0, "events_deleted": 0}
+    assert json.loads(json.dumps(report)) == {
+        "timed_out": 0,
+        "republished": 0,
+        "triggers_deleted": 0,
+        "events_deleted": 0,
+    }

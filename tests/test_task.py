@@ -37,7 +37,6 @@ def wait_for_state(result: Any, state: str, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-
 class WaitThenAdd(DeferrableTask):
     name = "t.wait_then_add"
 

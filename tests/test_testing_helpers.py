@@ -104,9 +104,10 @@ def test_reset_clock_undoes_fast_forward() -> None:
     assert clock.offset() == timedelta(0)
 
 
-@pytest.mark.parametrize(("delta", "error"), [(timedelta(seconds=-1), ValueError),
-                                              (-5, ValueError), ("1d", TypeError),
-                                              (True, TypeError)])
+@pytest.mark.parametrize(
+    ("delta", "error"),
+    [(timedelta(seconds=-1), ValueError), (-5, ValueError), ("1d", TypeError), (True, TypeError)],
+)
 def test_fast_forward_refuses_going_back_or_non_durations(delta: Any, error: type) -> None:
     with pytest.raises(error):
         fast_forward(None, delta)

@@ -14,7 +14,7 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-SESSION_TESTS = '''
+SESSION_TESTS = """
 from datetime import timedelta
 
 import pytest
@@ -54,16 +54,30 @@ def test_fast_forward(celery_session_app, celery_session_worker, celery_defer_se
 
 def test_the_clock_was_put_back_after_the_previous_test():
     assert clock.offset() == timedelta(0)
-'''
+"""
 
 
 def pytest_run(path: Path, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         # pytest-celery imports celery.contrib.pytest early: pytest then warns that it cannot
         # rewrite its asserts, which is harmless.
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error",
-         "-W", "ignore::pytest.PytestAssertRewriteWarning", str(path)],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error",
+            "-W",
+            "ignore::pytest.PytestAssertRewriteWarning",
+            str(path),
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

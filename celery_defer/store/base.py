@@ -128,9 +128,7 @@ class Store(abc.ABC):
         """Store an external event (``payload`` is typed-JSON text), stamped now."""
 
     @abc.abstractmethod
-    def latest_events(
-        self, keys: Sequence[str], not_before: datetime
-    ) -> dict[str, ExternalEvent]:
+    def latest_events(self, keys: Sequence[str], not_before: datetime) -> dict[str, ExternalEvent]:
         """The newest event of each key created at or after ``not_before``.
 
         Keys without such an event are absent. One call serves every waiter

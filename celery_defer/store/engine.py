@@ -105,4 +105,4 @@ IN_CHUNK = 1000
 def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
     """``values`` in slices short enough for one ``IN (...)`` list."""
     for start in range(0, len(values), IN_CHUNK):
-        yield values[start:start + IN_CHUNK]
+        yield values[start : start + IN_CHUNK]

@@ -34,7 +34,7 @@ _KEYS_PER_QUERY = 1000
 
 def _chunked(keys: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(keys), _KEYS_PER_QUERY):
-        yield keys[start:start + _KEYS_PER_QUERY]
+        yield keys[start : start + _KEYS_PER_QUERY]
 
 
 def _event(row: object) -> ExternalEvent:
@@ -65,9 +65,7 @@ class EventQueries:
         return ExternalEvent(id=int(inserted[0]), key=key, payload=payload, created_at=now)
 
     @translated
-    def latest_events(
-        self, keys: Sequence[str], not_before: datetime
-    ) -> dict[str, ExternalEvent]:
+    def latest_events(self, keys: Sequence[str], not_before: datetime) -> dict[str, ExternalEvent]:
         """The newest event of each key created at or after ``not_before``."""
         wanted = sorted(set(keys))
         if not wanted:
@@ -78,8 +76,7 @@ class EventQueries:
             for chunk in _chunked(wanted):
                 newest = (
                     select(func.max(external_events.c.id).label("id"))
-                    .where(external_events.c.key.in_(chunk),
-                           external_events.c.created_at >= cutoff)
+                    .where(external_events.c.key.in_(chunk), external_events.c.created_at >= cutoff)
                     .group_by(external_events.c.key)
                     .subquery()
                 )
@@ -96,14 +93,18 @@ class EventQueries:
         with self._begin() as conn:
             # Ids first, then delete by id: MySQL takes no LIMIT in an IN
             # subquery, and a bounded delete keeps the sweep's locks short.
-            ids = conn.execute(
-                select(external_events.c.id)
-                .where(external_events.c.created_at < cutoff)
-                .order_by(external_events.c.created_at)
-                .limit(limit)
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    select(external_events.c.id)
+                    .where(external_events.c.created_at < cutoff)
+                    .order_by(external_events.c.created_at)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
             if not ids:
                 return 0
-            return int(conn.execute(
-                delete(external_events).where(external_events.c.id.in_(ids))
-            ).rowcount)
+            return int(
+                conn.execute(delete(external_events).where(external_events.c.id.in_(ids))).rowcount
+            )

@@ -125,9 +125,7 @@ class InspectionQueries:
         with self._begin() as conn:
             rows = conn.execute(
                 select(triggerers, func.coalesce(owned.c.running, 0).label("running"))
-                .select_from(
-                    triggerers.outerjoin(owned, owned.c.triggerer_id == triggerers.c.id)
-                )
+                .select_from(triggerers.outerjoin(owned, owned.c.triggerer_id == triggerers.c.id))
                 .order_by(triggerers.c.started_at, triggerers.c.id)
             ).all()
             counts = conn.execute(
@@ -144,8 +142,13 @@ class InspectionQueries:
         return StoreStats(
             triggerers=[
                 TriggererStatus(
-                    id=r.id, host=r.host, pid=int(r.pid), capacity=int(r.capacity),
-                    running=int(r.running), started_at=r.started_at, heartbeat_at=r.heartbeat_at,
+                    id=r.id,
+                    host=r.host,
+                    pid=int(r.pid),
+                    capacity=int(r.capacity),
+                    running=int(r.running),
+                    started_at=r.started_at,
+                    heartbeat_at=r.heartbeat_at,
                 )
                 for r in rows
             ],

@@ -109,8 +109,11 @@ external_events = Table(
     Column("payload", Text, nullable=False),
     # Microseconds on MySQL too (its DATETIME rounds to the second), since
     # ``since`` compares to the instant an event was sent.
-    Column("created_at", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
-           nullable=False),
+    Column(
+        "created_at",
+        DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+        nullable=False,
+    ),
     Index("ix_defer_events_key_created", "key", "created_at"),
     Index("ix_defer_events_created", "created_at"),
     sqlite_autoincrement=True,

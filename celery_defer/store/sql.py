@@ -107,10 +107,10 @@ def _postgresql_fire() -> Select[Any]:
     )
     fired = (
         update(deferrals)
-        .where(deferrals.c.task_id == locked.c.task_id,
-               deferrals.c.trigger_id == pairs.c.trigger_id)
-        .values(state=FIRING, outcome=pairs.c.outcome, trigger_id=None,
-                updated_at=bindparam("now"))
+        .where(
+            deferrals.c.task_id == locked.c.task_id, deferrals.c.trigger_id == pairs.c.trigger_id
+        )
+        .values(state=FIRING, outcome=pairs.c.outcome, trigger_id=None, updated_at=bindparam("now"))
         .returning(*_ORDER_COLUMNS)
         .cte("fired")
     )
@@ -131,8 +131,9 @@ def _postgresql_save() -> Any:
     now = bindparam("now", type_=DateTime)
     trigger = (
         insert(triggers)
-        .values(classpath=bindparam("classpath"), kwargs=bindparam("trigger_kwargs"),
-                created_at=now)
+        .values(
+            classpath=bindparam("classpath"), kwargs=bindparam("trigger_kwargs"), created_at=now
+        )
         .returning(triggers.c.id)
         .cte("new_trigger")
     )
@@ -151,8 +152,11 @@ def _postgresql_save() -> Any:
         "updated_at": now,
     }
     statement = postgresql.insert(deferrals).from_select(list(values), select(*values.values()))
-    replaced = {name: statement.excluded[name] for name in values
-                if name not in ("task_id", "generation", "created_at")}
+    replaced = {
+        name: statement.excluded[name]
+        for name in values
+        if name not in ("task_id", "generation", "created_at")
+    }
     return statement.on_conflict_do_update(
         index_elements=[deferrals.c.task_id],
         set_={**replaced, "generation": deferrals.c.generation + 1},
@@ -254,13 +258,20 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
         timeout_at = to_naive_utc(deferral.timeout_at) if deferral.timeout_at else None
         with self._begin() as conn:
             if self.dialect == "postgresql":
-                row = conn.execute(_POSTGRESQL_SAVE, {
-                    "task_id": deferral.task_id, "task_name": deferral.task_name,
-                    "method": deferral.method, "kwargs": deferral.kwargs,
-                    "request": deferral.request, "classpath": deferral.trigger_classpath,
-                    "trigger_kwargs": deferral.trigger_kwargs, "timeout_at": timeout_at,
-                    "now": now,
-                }).one()
+                row = conn.execute(
+                    _POSTGRESQL_SAVE,
+                    {
+                        "task_id": deferral.task_id,
+                        "task_name": deferral.task_name,
+                        "method": deferral.method,
+                        "kwargs": deferral.kwargs,
+                        "request": deferral.request,
+                        "classpath": deferral.trigger_classpath,
+                        "trigger_kwargs": deferral.trigger_kwargs,
+                        "timeout_at": timeout_at,
+                        "now": now,
+                    },
+                ).one()
                 return StoredDeferral(trigger_id=int(row.trigger_id), generation=row.generation)
             inserted = conn.execute(
                 insert(triggers).values(
@@ -353,25 +364,35 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
         trigger_ids = sorted(by_trigger)
         with self._begin() as conn:
             if self.dialect == "postgresql":
-                rows = conn.execute(_POSTGRESQL_FIRE, {
-                    "ids": trigger_ids, "outcomes": [by_trigger[i] for i in trigger_ids],
-                    "now": now,
-                })
+                rows = conn.execute(
+                    _POSTGRESQL_FIRE,
+                    {
+                        "ids": trigger_ids,
+                        "outcomes": [by_trigger[i] for i in trigger_ids],
+                        "now": now,
+                    },
+                )
                 return [_order(row) for row in rows]
             # Locked in (trigger, task) order across chunks, so two triggerers
             # firing overlapping batches cannot deadlock.
             for ids in chunks(trigger_ids):
                 waiting = conn.execute(
-                    select(*(c for c in _ORDER_COLUMNS if c is not deferrals.c.outcome),
-                           deferrals.c.trigger_id)
+                    select(
+                        *(c for c in _ORDER_COLUMNS if c is not deferrals.c.outcome),
+                        deferrals.c.trigger_id,
+                    )
                     .where(deferrals.c.trigger_id.in_(ids), deferrals.c.state == DEFERRED)
                     .order_by(deferrals.c.trigger_id, deferrals.c.task_id)
                     .with_for_update()
                 ).all()
                 orders.extend(
                     ResumeOrder(
-                        task_id=r.task_id, task_name=r.task_name, generation=r.generation,
-                        method=r.method, kwargs=r.kwargs, request=r.request,
+                        task_id=r.task_id,
+                        task_name=r.task_name,
+                        generation=r.generation,
+                        method=r.method,
+                        kwargs=r.kwargs,
+                        request=r.request,
                         outcome=by_trigger[r.trigger_id],
                     )
                     for r in waiting
@@ -385,7 +406,9 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
                         deferrals.c.state == DEFERRED,
                     )
                     .values(
-                        state=FIRING, outcome=bindparam("b_outcome"), trigger_id=None,
+                        state=FIRING,
+                        outcome=bindparam("b_outcome"),
+                        trigger_id=None,
                         updated_at=now,
                     ),
                     [{"b_task_id": o.task_id, "b_outcome": o.outcome} for o in orders],
@@ -434,8 +457,13 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
                 )
         return [
             ResumeOrder(
-                task_id=r.task_id, task_name=r.task_name, generation=r.generation,
-                method=r.method, kwargs=r.kwargs, request=r.request, outcome=outcome,
+                task_id=r.task_id,
+                task_name=r.task_name,
+                generation=r.generation,
+                method=r.method,
+                kwargs=r.kwargs,
+                request=r.request,
+                outcome=outcome,
             )
             for r in due
         ]

@@ -30,15 +30,18 @@ class TriggererQueries:
 
         def _begin(self) -> AbstractContextManager[Connection]: ...
 
-
     @translated
     def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
         now = utcnow()
         with self._begin() as conn:
             conn.execute(
                 insert(triggerers).values(
-                    id=triggerer_id, host=host, pid=pid, capacity=capacity,
-                    started_at=now, heartbeat_at=now,
+                    id=triggerer_id,
+                    host=host,
+                    pid=pid,
+                    capacity=capacity,
+                    started_at=now,
+                    heartbeat_at=now,
                 )
             )
 
@@ -84,12 +87,17 @@ class TriggererQueries:
         with self._begin() as conn:
             # Reap silent triggerers first, so the claim itself only has to
             # look at unowned rows (an indexed IS NULL, not an anti-join).
-            dead = conn.execute(
-                select(triggerers.c.id).where(triggerers.c.heartbeat_at < cutoff)
-            ).scalars().all()
+            dead = (
+                conn.execute(select(triggerers.c.id).where(triggerers.c.heartbeat_at < cutoff))
+                .scalars()
+                .all()
+            )
             if dead:
-                logger.warning("taking over the triggers of silent triggerers %s", dead,
-                               extra={"dead_triggerers": dead})
+                logger.warning(
+                    "taking over the triggers of silent triggerers %s",
+                    dead,
+                    extra={"dead_triggerers": dead},
+                )
                 conn.execute(
                     update(triggers)
                     .where(triggers.c.triggerer_id.in_(dead))

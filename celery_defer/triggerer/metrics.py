@@ -73,27 +73,46 @@ class TriggererMetrics:
     def render(self, running: int, capacity: int) -> str:
         """The Prometheus text exposition of every metric."""
         lines = [
-            *metrics.gauge_text("celery_defer_triggerer_running_triggers",
-                                "Triggers this triggerer is running now.", running),
-            *metrics.gauge_text("celery_defer_triggerer_capacity",
-                                "Most triggers this triggerer runs at once.", capacity),
-            *metrics.gauge_text("celery_defer_triggerer_capacity_left",
-                                "Triggers this triggerer could still take.",
-                                max(0, capacity - running)),
-            *metrics.counter_text("celery_defer_triggers_fired_total",
-                                  "Triggers that fired (their tasks resume).", self.fired.value),
-            *metrics.counter_text("celery_defer_triggers_failed_total",
-                                  "Triggers that failed (their tasks fail with TriggerFailed).",
-                                  self.failed.value),
-            *metrics.counter_text("celery_defer_deferrals_timed_out_total",
-                                  "Deferrals timed out by sweeps run in this process.",
-                                  metrics.TIMED_OUT.value),
-            *metrics.counter_text("celery_defer_triggerer_loop_blocked_total",
-                                  "Times the event loop was blocked longer than "
-                                  "defer_triggerer_block_warning.", self.loop_blocked.value),
-            *metrics.histogram_text("celery_defer_trigger_fire_lateness_seconds",
-                                    "Timer triggers: seconds between the due moment and the fire.",
-                                    self.lateness),
+            *metrics.gauge_text(
+                "celery_defer_triggerer_running_triggers",
+                "Triggers this triggerer is running now.",
+                running,
+            ),
+            *metrics.gauge_text(
+                "celery_defer_triggerer_capacity",
+                "Most triggers this triggerer runs at once.",
+                capacity,
+            ),
+            *metrics.gauge_text(
+                "celery_defer_triggerer_capacity_left",
+                "Triggers this triggerer could still take.",
+                max(0, capacity - running),
+            ),
+            *metrics.counter_text(
+                "celery_defer_triggers_fired_total",
+                "Triggers that fired (their tasks resume).",
+                self.fired.value,
+            ),
+            *metrics.counter_text(
+                "celery_defer_triggers_failed_total",
+                "Triggers that failed (their tasks fail with TriggerFailed).",
+                self.failed.value,
+            ),
+            *metrics.counter_text(
+                "celery_defer_deferrals_timed_out_total",
+                "Deferrals timed out by sweeps run in this process.",
+                metrics.TIMED_OUT.value,
+            ),
+            *metrics.counter_text(
+                "celery_defer_triggerer_loop_blocked_total",
+                "Times the event loop was blocked longer than defer_triggerer_block_warning.",
+                self.loop_blocked.value,
+            ),
+            *metrics.histogram_text(
+                "celery_defer_trigger_fire_lateness_seconds",
+                "Timer triggers: seconds between the due moment and the fire.",
+                self.lateness,
+            ),
         ]
         return "\n".join(lines) + "\n"
 
@@ -108,8 +127,12 @@ class MetricsServer:
         except OSError as exc:
             raise ConfigurationError(f"cannot serve metrics on port {port}: {exc}") from exc
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={
-            "poll_interval": 0.5}, name="celery-defer-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="celery-defer-metrics",
+            daemon=True,
+        )
 
     @property
     def address(self) -> tuple[str, int]:

@@ -121,12 +121,19 @@ class TriggerRunner:
             await self._flush()  # events that arrived before the stop
             await self._mark_published()
             released = await self._call(self.store.unregister_triggerer, self.triggerer_id)
-            logger.info("triggerer %s stopped; handed back %d triggers",
-                        self.triggerer_id, released, extra={"triggerer_id": self.triggerer_id})
+            logger.info(
+                "triggerer %s stopped; handed back %d triggers",
+                self.triggerer_id,
+                released,
+                extra={"triggerer_id": self.triggerer_id},
+            )
         except StoreError as exc:
-            logger.error("triggerer %s could not hand its triggers back (%s); another triggerer "
-                         "takes them after defer_triggerer_health_timeout",
-                         self.triggerer_id, exc)
+            logger.error(
+                "triggerer %s could not hand its triggers back (%s); another triggerer "
+                "takes them after defer_triggerer_health_timeout",
+                self.triggerer_id,
+                exc,
+            )
         finally:
             self._db.shutdown(wait=False, cancel_futures=True)
 
@@ -134,14 +141,24 @@ class TriggerRunner:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                await self._call(self.store.register_triggerer, self.triggerer_id,
-                                 self.host, self.pid, self.capacity)
-                logger.info("triggerer %s running, capacity %d", self.triggerer_id,
-                            self.capacity, extra={"triggerer_id": self.triggerer_id})
+                await self._call(
+                    self.store.register_triggerer,
+                    self.triggerer_id,
+                    self.host,
+                    self.pid,
+                    self.capacity,
+                )
+                logger.info(
+                    "triggerer %s running, capacity %d",
+                    self.triggerer_id,
+                    self.capacity,
+                    extra={"triggerer_id": self.triggerer_id},
+                )
                 return True
             except StoreError as exc:
-                logger.warning("cannot register with the store (%s); retrying in %.1fs",
-                               exc, backoff)
+                logger.warning(
+                    "cannot register with the store (%s); retrying in %.1fs", exc, backoff
+                )
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         return False
@@ -171,8 +188,12 @@ class TriggerRunner:
         while (free := self.capacity - len(self.running)) > 0:
             limit = min(free, CLAIM_BATCH)
             try:
-                claimed = await self._call(self.store.claim_triggers, self.triggerer_id,
-                                           limit, self.settings.triggerer_health_timeout)
+                claimed = await self._call(
+                    self.store.claim_triggers,
+                    self.triggerer_id,
+                    limit,
+                    self.settings.triggerer_health_timeout,
+                )
             except StoreError as exc:
                 logger.warning("claiming triggers failed: %s", exc)
                 return
@@ -190,18 +211,24 @@ class TriggerRunner:
             return  # already ours and running (claimed again after a rejoin)
         try:
             trigger_class = resolve_trigger_class(row.classpath)
-            trigger: BaseTrigger = trigger_class(**serialization.loads(row.kwargs,
-                                                                       where="trigger kwargs"))
+            trigger: BaseTrigger = trigger_class(
+                **serialization.loads(row.kwargs, where="trigger kwargs")
+            )
         except Exception as exc:
             message = f"trigger {row.classpath} could not be rebuilt: {exc}"
             logger.error(message, extra={"trigger_id": row.id, "trigger": row.classpath})
             self.metrics.failed.inc()
             self._submit(TriggerOutcome(row.id, resume.error_outcome("failed", message)))
             return
-        logger.debug("running trigger %s: %r", row.id, trigger,
-                     extra={"trigger_id": row.id, "trigger": describe(trigger)})
-        self.running[row.id] = asyncio.create_task(self._run(row.id, trigger),
-                                                   name=f"trigger-{row.id}")
+        logger.debug(
+            "running trigger %s: %r",
+            row.id,
+            trigger,
+            extra={"trigger_id": row.id, "trigger": describe(trigger)},
+        )
+        self.running[row.id] = asyncio.create_task(
+            self._run(row.id, trigger), name=f"trigger-{row.id}"
+        )
 
     async def _run(self, trigger_id: int, trigger: BaseTrigger) -> None:
         try:
@@ -213,12 +240,20 @@ class TriggerRunner:
                     f"{type(trigger).__name__} yielded a payload that cannot be stored: {exc}"
                 ) from exc
             self.metrics.record_fire(trigger, event)
-            logger.info("trigger %s (%s) fired", trigger_id, describe(trigger),
-                        extra={"trigger_id": trigger_id, "trigger": describe(trigger)})
+            logger.info(
+                "trigger %s (%s) fired",
+                trigger_id,
+                describe(trigger),
+                extra={"trigger_id": trigger_id, "trigger": describe(trigger)},
+            )
         except TriggerFailed as exc:
             self.metrics.failed.inc()
-            logger.warning("trigger %s failed: %s", trigger_id, exc,
-                           extra={"trigger_id": trigger_id, "trigger": describe(trigger)})
+            logger.warning(
+                "trigger %s failed: %s",
+                trigger_id,
+                exc,
+                extra={"trigger_id": trigger_id, "trigger": describe(trigger)},
+            )
             outcome = resume.error_outcome("failed", str(exc))
         finally:
             self.running.pop(trigger_id, None)
@@ -254,8 +289,12 @@ class TriggerRunner:
                 orders = await self._call(self.store.fire, batch)
             except StoreError as exc:
                 self._outcomes[:0] = batch  # keep them: nothing may be lost
-                logger.warning("storing %d trigger events failed (%s); retrying in %.1fs",
-                               len(batch), exc, backoff)
+                logger.warning(
+                    "storing %d trigger events failed (%s); retrying in %.1fs",
+                    len(batch),
+                    exc,
+                    backoff,
+                )
                 if self._stop.is_set():
                     return  # unreleased triggers are re-run by the next triggerer
                 await self._sleep(backoff)
@@ -299,8 +338,9 @@ class TriggerRunner:
         # triggerer stops at that triggerer's next reconciliation.
         await self._cancel_triggers([i for i in cancelled.trigger_ids if i in self.running])
         await self._call(self._mark_revoked, cancelled.task_ids)
-        logger.info("revoked deferred tasks %s", cancelled.task_ids,
-                    extra={"task_ids": cancelled.task_ids})
+        logger.info(
+            "revoked deferred tasks %s", cancelled.task_ids, extra={"task_ids": cancelled.task_ids}
+        )
 
     def _mark_revoked(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
@@ -329,11 +369,15 @@ class TriggerRunner:
 
     async def _rejoin(self) -> None:
         """We were declared dead (a long stall): our triggers now belong to others."""
-        logger.error("triggerer %s was declared dead; dropping its %d triggers and rejoining",
-                     self.triggerer_id, len(self.running))
+        logger.error(
+            "triggerer %s was declared dead; dropping its %d triggers and rejoining",
+            self.triggerer_id,
+            len(self.running),
+        )
         await self._cancel_triggers(list(self.running))
-        await self._call(self.store.register_triggerer, self.triggerer_id,
-                         self.host, self.pid, self.capacity)
+        await self._call(
+            self.store.register_triggerer, self.triggerer_id, self.host, self.pid, self.capacity
+        )
         self._wake.set()
 
     async def _reconcile(self) -> None:

@@ -99,8 +99,9 @@ class _Watcher(abc.ABC):
     name = "watcher"
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1,
-                                        thread_name_prefix=f"celery-defer-{self.name}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"celery-defer-{self.name}"
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -202,8 +203,11 @@ class _ResultWatcher(_Watcher):
             now = time.monotonic()
             # Ids due within half their interval come along: waiters that
             # started at different moments fall into one lookup per round.
-            due = [task_id for task_id, watch in self.watched.items()
-                   if watch.due <= now + watch.interval / 2]
+            due = [
+                task_id
+                for task_id, watch in self.watched.items()
+                if watch.due <= now + watch.interval / 2
+            ]
             ready_at = self._last_lookup + MIN_LOOKUP_GAP
             if due and now >= ready_at:
                 await self._look(due)
@@ -214,15 +218,20 @@ class _ResultWatcher(_Watcher):
     async def _look(self, task_ids: list[str]) -> None:
         self._last_lookup = time.monotonic()
         try:
-            found: dict[str, dict[str, Any]] = await self._in_thread(fetch_ready, self.app,
-                                                                     task_ids)
+            found: dict[str, dict[str, Any]] = await self._in_thread(
+                fetch_ready, self.app, task_ids
+            )
         except TriggerFailed as exc:
             self._fail(task_ids, exc)
             return
         except Exception as exc:
             found = {}
-            logger.warning("looking up %d task results failed (%s); retrying",
-                           len(task_ids), exc, extra={"task_count": len(task_ids)})
+            logger.warning(
+                "looking up %d task results failed (%s); retrying",
+                len(task_ids),
+                exc,
+                extra={"task_count": len(task_ids)},
+            )
         now = time.monotonic()
         for task_id in task_ids:
             watch = self.watched.get(task_id)
@@ -308,8 +317,12 @@ class _EventWatcher(_Watcher):
         try:
             found = await self._in_thread(self.store.latest_events, keys, cutoff)
         except StoreError as exc:
-            logger.warning("looking up events for %d keys failed (%s); the next scan retries",
-                           len(keys), exc, extra={"key_count": len(keys)})
+            logger.warning(
+                "looking up events for %d keys failed (%s); the next scan retries",
+                len(keys),
+                exc,
+                extra={"key_count": len(keys)},
+            )
             return
         for key, event in found.items():
             for waiter in list(self.waiters.get(key, ())):

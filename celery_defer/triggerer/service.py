@@ -69,7 +69,8 @@ class Triggerer:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
             raise ConfigurationError(f"capacity must be a positive integer, got {capacity!r}")
         if metrics_port is not None and (
-            isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
+            isinstance(metrics_port, bool)
+            or not isinstance(metrics_port, int)
             or not 0 <= metrics_port <= 65535
         ):
             raise ConfigurationError(f"metrics_port must be a port number, got {metrics_port!r}")
@@ -96,8 +97,9 @@ class Triggerer:
     def run(self) -> None:
         """Run until stopped (``stop()``, SIGTERM or SIGINT); blocks."""
         loop = new_event_loop()
-        runner = TriggerRunner(self.app, store_for(self.app), self.id, self.capacity,
-                               socket.gethostname(), os.getpid())
+        runner = TriggerRunner(
+            self.app, store_for(self.app), self.id, self.capacity, socket.gethostname(), os.getpid()
+        )
         runner.registered = self._ready.set
 
         def on_notice() -> None:
@@ -112,9 +114,11 @@ class Triggerer:
         def on_event_hint(key: str) -> None:
             loop.call_soon_threadsafe(runtime.hint, key)
 
-        listeners = [notice_listener(self.app, on_notice),
-                     revoke_listener(self.app, self.id, on_revoke),
-                     event_hint_listener(self.app, self.id, on_event_hint)]
+        listeners = [
+            notice_listener(self.app, on_notice),
+            revoke_listener(self.app, self.id, on_revoke),
+            event_hint_listener(self.app, self.id, on_event_hint),
+        ]
         self._listeners = listeners
         self._loop, self._runner = loop, runner
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -166,8 +170,9 @@ class Triggerer:
         """Run in a background thread; returns once registered with the store."""
         if self._thread is not None:
             raise CeleryDeferError("this Triggerer was already started")
-        self._thread = threading.Thread(target=self._run_quietly, name="celery-defer-triggerer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_quietly, name="celery-defer-triggerer", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(timeout):
             self.stop()

@@ -111,8 +111,9 @@ class LoopWatchdog:
     def start(self, loop_thread_id: int | None = None) -> None:
         """Start watching; call it from the loop thread (or pass that thread's id)."""
         self._loop_thread_id = loop_thread_id or threading.get_ident()
-        self._thread = threading.Thread(target=self._watch, name="celery-defer-watchdog",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, name="celery-defer-watchdog", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -152,9 +153,15 @@ class LoopWatchdog:
         logger.warning(
             "the triggerer's event loop has been blocked for %.1fs so far by %s: triggers must "
             "not block (await, or use asyncio.to_thread for blocking calls); every other "
-            "trigger waits meanwhile", lag, culprit.describe(),
-            extra={"trigger": culprit.trigger, "trigger_id": culprit.trigger_id,
-                   "blocked_seconds": round(lag, 3), "blocked_at": culprit.where},
+            "trigger waits meanwhile",
+            lag,
+            culprit.describe(),
+            extra={
+                "trigger": culprit.trigger,
+                "trigger_id": culprit.trigger_id,
+                "blocked_seconds": round(lag, 3),
+                "blocked_at": culprit.where,
+            },
         )
         try:
             self.on_stall()
@@ -165,7 +172,12 @@ class LoopWatchdog:
     def _report_end(self, total: float, culprit: Culprit) -> None:
         logger.warning(
             "the triggerer's event loop was blocked for %.1fs in total by %s",
-            total, culprit.name(),
-            extra={"trigger": culprit.trigger, "trigger_id": culprit.trigger_id,
-                   "blocked_seconds": round(total, 3), "blocked_at": culprit.where},
+            total,
+            culprit.name(),
+            extra={
+                "trigger": culprit.trigger,
+                "trigger_id": culprit.trigger_id,
+                "blocked_seconds": round(total, 3),
+                "blocked_at": culprit.where,
+            },
         )

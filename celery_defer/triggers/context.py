@@ -52,8 +52,9 @@ class TriggerRuntime(Protocol):
         """
 
 
-_runtime: ContextVar[TriggerRuntime | None] = ContextVar("celery_defer_trigger_runtime",
-                                                         default=None)
+_runtime: ContextVar[TriggerRuntime | None] = ContextVar(
+    "celery_defer_trigger_runtime", default=None
+)
 
 
 def current_runtime(needed_by: str) -> TriggerRuntime:

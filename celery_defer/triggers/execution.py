@@ -63,5 +63,4 @@ async def _cleanup(trigger: BaseTrigger, name: str) -> None:
     try:
         await trigger.cleanup()
     except Exception:
-        logger.exception("cleanup() of trigger %s raised; ignored", name,
-                         extra={"trigger": name})
+        logger.exception("cleanup() of trigger %s raised; ignored", name, extra={"trigger": name})

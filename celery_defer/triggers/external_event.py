@@ -57,8 +57,11 @@ class ExternalEventTrigger(BaseTrigger):
                 raise InvalidDeferral(
                     f"ExternalEventTrigger: since must be a datetime or None, got {since!r}"
                 )
-            since = (since.replace(tzinfo=timezone.utc) if since.utcoffset() is None
-                     else since.astimezone(timezone.utc))
+            since = (
+                since.replace(tzinfo=timezone.utc)
+                if since.utcoffset() is None
+                else since.astimezone(timezone.utc)
+            )
         self.since = since
 
     def serialize(self) -> tuple[str, dict[str, Any]]:

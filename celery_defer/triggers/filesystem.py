@@ -56,8 +56,10 @@ class FileTrigger(BaseTrigger):
         """Stat the path off the loop until it exists, then yield its size and mtime."""
         while (found := await asyncio.to_thread(_stat, self.path)) is None:
             await asyncio.sleep(self.poll_interval)
-        yield TriggerEvent({
-            "path": self.path,
-            "size": found.st_size,
-            "mtime": datetime.fromtimestamp(found.st_mtime, tz=timezone.utc),
-        })
+        yield TriggerEvent(
+            {
+                "path": self.path,
+                "size": found.st_size,
+                "mtime": datetime.fromtimestamp(found.st_mtime, tz=timezone.utc),
+            }
+        )

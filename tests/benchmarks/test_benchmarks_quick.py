@@ -27,9 +27,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode_prints_its_table(script: str, postgres_url: str, redis_url: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--quiet-wait", "0",
-         "--postgres", postgres_url, "--redis", redis_url],
-        cwd=BENCHMARKS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(BENCHMARKS / script),
+            "--quick",
+            "--quiet-wait",
+            "0",
+            "--postgres",
+            postgres_url,
+            "--redis",
+            redis_url,
+        ],
+        cwd=BENCHMARKS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         out, err = process.communicate(timeout=RUN_TIMEOUT)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-APP_MODULE = '''
+APP_MODULE = """
 from celery import Celery
 import celery_defer
 
@@ -22,7 +22,7 @@ app.conf.update(
     defer_database_url="sqlite:///{data}/store.sqlite3",
 )
 celery_defer.install(app)
-'''
+"""
 
 
 @pytest.fixture
@@ -34,8 +34,13 @@ def project(tmp_path: Path) -> Path:
 
 
 def celery(project: Path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "celery", "-A", "cliapp", *argv], cwd=project,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "cliapp", *argv],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_init_db_is_safe_to_run_twice(project: Path) -> None:
@@ -56,7 +61,10 @@ def test_a_bad_capacity_exits_non_zero_naming_it(project: Path, capacity: str) -
 def test_the_triggerer_stops_cleanly_on_sigterm(project: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "cliapp", "triggerer", "--capacity", "5"],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert process.stdout is not None

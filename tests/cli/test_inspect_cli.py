@@ -21,7 +21,7 @@ from celery_defer.store import NewDeferral, SqlStore
 
 pytestmark = pytest.mark.timeout(60)
 
-APP_MODULE = '''
+APP_MODULE = """
 from celery import Celery
 import celery_defer
 
@@ -33,14 +33,18 @@ app.conf.update(
     defer_database_url="sqlite:///{data}/store.sqlite3",
 )
 celery_defer.install(app)
-'''
+"""
 
 SECRET = "hunter2-do-not-print"
 TIMER = "celery_defer.triggers.DateTimeTrigger"
 
 
-def deferral(task_id: str, task_name: str, classpath: str = TIMER, **trigger_kwargs: Any,
-             ) -> NewDeferral:
+def deferral(
+    task_id: str,
+    task_name: str,
+    classpath: str = TIMER,
+    **trigger_kwargs: Any,
+) -> NewDeferral:
     return NewDeferral(
         task_id=task_id,
         task_name=task_name,
@@ -64,8 +68,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     moment = datetime(2030, 1, 1, tzinfo=timezone.utc)
     store.save_deferral(deferral("task-a", "proj.report", moment=moment))
     store.save_deferral(deferral("task-b", "proj.report", moment=moment))
-    store.save_deferral(deferral("task-c", "proj.wait_file",
-                                 "celery_defer.triggers.FileTrigger", path="/tmp/x"))
+    store.save_deferral(
+        deferral("task-c", "proj.wait_file", "celery_defer.triggers.FileTrigger", path="/tmp/x")
+    )
     store.register_triggerer("host-1:42:abcd", "host-1", 42, 10)
     store.claim_triggers("host-1:42:abcd", 2, 30.0)  # the two oldest: task-a and task-b
     store.close()
@@ -73,8 +78,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def celery(project: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "celery", "-A", "inspectapp", "defer", *argv],
-                          cwd=project, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "inspectapp", "defer", *argv],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def celery_json(project: Path, *argv: str) -> Any:
@@ -99,8 +109,21 @@ def test_list_shows_every_deferral_oldest_first_without_kwargs(project: Path) ->
     table = celery(project, "list")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["TASK", "ID", "TASK", "STATE", "GEN", "METHOD", "TRIGGER",
-                                "TRIGGER", "ID", "TRIGGERER", "AGE", "TIMEOUT", "IN"]
+    assert lines[0].split() == [
+        "TASK",
+        "ID",
+        "TASK",
+        "STATE",
+        "GEN",
+        "METHOD",
+        "TRIGGER",
+        "TRIGGER",
+        "ID",
+        "TRIGGERER",
+        "AGE",
+        "TIMEOUT",
+        "IN",
+    ]
     # Aligned: every row's STATE column starts where the header's does.
     column = lines[0].index("STATE")
     assert all(line[column:].startswith("deferred") for line in lines[1:4])

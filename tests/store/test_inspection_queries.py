@@ -13,15 +13,26 @@ from celery_defer.store import NewDeferral, SqlStore, TriggerOutcome
 pytestmark = pytest.mark.timeout(30)
 
 
-def defer(store: SqlStore, task_id: str, task_name: str = "proj.t",
-          classpath: str = "celery_defer.triggers.DateTimeTrigger") -> int:
-    stored = store.save_deferral(NewDeferral(
-        task_id=task_id, task_name=task_name, method="run",
-        kwargs=serialization.dumps({"token": "s3cret"}), request=json.dumps({}),
-        trigger_classpath=classpath,
-        trigger_kwargs=serialization.dumps({"moment": datetime(2030, 1, 1, tzinfo=timezone.utc)}),
-        timeout_at=None,
-    ))
+def defer(
+    store: SqlStore,
+    task_id: str,
+    task_name: str = "proj.t",
+    classpath: str = "celery_defer.triggers.DateTimeTrigger",
+) -> int:
+    stored = store.save_deferral(
+        NewDeferral(
+            task_id=task_id,
+            task_name=task_name,
+            method="run",
+            kwargs=serialization.dumps({"token": "s3cret"}),
+            request=json.dumps({}),
+            trigger_classpath=classpath,
+            trigger_kwargs=serialization.dumps(
+                {"moment": datetime(2030, 1, 1, tzinfo=timezone.utc)}
+            ),
+            timeout_at=None,
+        )
+    )
     return stored.trigger_id
 
 
@@ -69,7 +80,9 @@ def test_stats(store: SqlStore) -> None:
     store.claim_triggers("t1", 2, 30.0)
     stats = store.stats()
     assert [(t.id, t.pid, t.running, t.capacity) for t in stats.triggerers] == [
-        ("t1", 7, 2, 10), ("t2", 8, 0, 10)]
+        ("t1", 7, 2, 10),
+        ("t2", 8, 0, 10),
+    ]
     assert stats.by_state["deferred"] == 3
     assert stats.oldest is not None and stats.oldest.task_id == "a"
     assert stats.unowned_triggers == 1

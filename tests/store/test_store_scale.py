@@ -25,17 +25,34 @@ def store_many(store: SqlStore, n: int) -> list[int]:
     """``n`` deferrals, one per trigger, written in bulk; returns the trigger ids."""
     now = utcnow()
     with store.engine.begin() as conn:
-        ids = conn.execute(
-            sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
-            [{"classpath": "c", "kwargs": "{}", "created_at": now} for _ in range(n)],
-        ).scalars().all()
-        conn.execute(sa.insert(deferrals), [
-            {"task_id": f"t{i:05d}", "task_name": "proj.t", "trigger_id": trigger_id,
-             "method": "run", "kwargs": "{}", "request": "{}", "state": DEFERRED,
-             "outcome": None, "generation": 1, "timeout_at": None, "created_at": now,
-             "updated_at": now}
-            for i, trigger_id in enumerate(ids)
-        ])
+        ids = (
+            conn.execute(
+                sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
+                [{"classpath": "c", "kwargs": "{}", "created_at": now} for _ in range(n)],
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            sa.insert(deferrals),
+            [
+                {
+                    "task_id": f"t{i:05d}",
+                    "task_name": "proj.t",
+                    "trigger_id": trigger_id,
+                    "method": "run",
+                    "kwargs": "{}",
+                    "request": "{}",
+                    "state": DEFERRED,
+                    "outcome": None,
+                    "generation": 1,
+                    "timeout_at": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i, trigger_id in enumerate(ids)
+            ],
+        )
     return list(ids)
 
 

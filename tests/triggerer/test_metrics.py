@@ -36,10 +36,14 @@ def app(store_url: str) -> Iterator[Celery]:
                 "success": SuccessTrigger,
                 "failure": FailureTrigger,
                 "timer": lambda: DateTimeTrigger(
-                    datetime.now(timezone.utc) + timedelta(seconds=seconds)),
+                    datetime.now(timezone.utc) + timedelta(seconds=seconds)
+                ),
             }[kind]()
-            self.defer(trigger=trigger, kwargs={"kind": kind, "seconds": seconds},
-                       timeout=0.3 if kind == "timer" and seconds > 60 else None)
+            self.defer(
+                trigger=trigger,
+                kwargs={"kind": kind, "seconds": seconds},
+                timeout=0.3 if kind == "timer" and seconds > 60 else None,
+            )
         return event.payload
 
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
@@ -105,7 +109,8 @@ def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
 
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(
-                f"http://127.0.0.1:{triggerer.metrics_address[1]}/other", timeout=5)
+                f"http://127.0.0.1:{triggerer.metrics_address[1]}/other", timeout=5
+            )
         missing.value.close()
         assert missing.value.code == 404
 

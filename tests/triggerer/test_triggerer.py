@@ -115,8 +115,9 @@ class NoSuperInit(SuccessTrigger):
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
     store = tmp_path_factory.mktemp("store") / "store.sqlite3"
-    app = make_app(f"sqlite:///{store}", defer_triggerer_heartbeat=5.0,
-                   defer_triggerer_health_timeout=30.0)
+    app = make_app(
+        f"sqlite:///{store}", defer_triggerer_heartbeat=5.0, defer_triggerer_health_timeout=30.0
+    )
 
     @app.task(base=DeferrableTask, bind=True, shared=False, name="t.wait_on")
     def wait_on(self: DeferrableTask, kind: str, arg: Any = None, event: Any = None) -> Any:

@@ -114,14 +114,16 @@ def test_a_hundred_waiters_cost_one_query_and_a_hint_one_more(store_url: str) ->
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
     store = tmp_path_factory.mktemp("store") / "store.sqlite3"
-    app = make_app(f"sqlite:///{store}", defer_triggerer_heartbeat=5.0,
-                   defer_triggerer_health_timeout=30.0)
+    app = make_app(
+        f"sqlite:///{store}", defer_triggerer_heartbeat=5.0, defer_triggerer_health_timeout=30.0
+    )
 
     @app.task(base=DeferrableTask, bind=True, shared=False, name="t.await_event")
     def await_event(self: DeferrableTask, key: str, since: Any = None, event: Any = None) -> Any:
         if event is None:
-            self.defer(trigger=ExternalEventTrigger(key, since=since),
-                       kwargs={"key": key, "since": since})
+            self.defer(
+                trigger=ExternalEventTrigger(key, since=since), kwargs={"key": key, "since": since}
+            )
         return event.payload
 
     with (
@@ -187,8 +189,11 @@ def test_an_event_older_than_the_retention_does_not_fire(app: Celery) -> None:
     store = store_for(app)
     old = utcnow() - timedelta(days=1, minutes=1)
     with store.engine.begin() as conn:  # an event sent a day and a minute ago
-        conn.execute(sa.insert(external_events).values(key="report:1", payload=dumps("too old"),
-                                                       created_at=old))
+        conn.execute(
+            sa.insert(external_events).values(
+                key="report:1", payload=dumps("too old"), created_at=old
+            )
+        )
     waiting = await_event(app, "report:1")
     deferred(waiting)
     time.sleep(0.5)  # it looked, and found nothing within the retention

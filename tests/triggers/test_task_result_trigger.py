@@ -68,8 +68,13 @@ def test_outside_a_triggerer_it_fails_saying_why() -> None:
 
 def test_the_payload_of_a_result_that_cannot_be_stored_is_its_repr() -> None:
     payload = result_payload("t1", {"status": "SUCCESS", "result": {1, 2}})
-    assert payload == {"task_id": "t1", "state": "SUCCESS", "result": "{1, 2}", "error": None,
-                       "result_is_repr": True}
+    assert payload == {
+        "task_id": "t1",
+        "state": "SUCCESS",
+        "result": "{1, 2}",
+        "error": None,
+        "result_is_repr": True,
+    }
 
 
 @pytest.mark.parametrize("backend", ["rpc://", "disabled"])
@@ -81,12 +86,14 @@ def test_a_backend_other_processes_cannot_read_is_refused(backend: str) -> None:
         fetch_ready(app, ["x"])
 
 
-@pytest.fixture(params=[
-    "cache+memory://",
-    "db+sqlite",
-    "file",
-    pytest.param("redis", marks=pytest.mark.integration),
-])
+@pytest.fixture(
+    params=[
+        "cache+memory://",
+        "db+sqlite",
+        "file",
+        pytest.param("redis", marks=pytest.mark.integration),
+    ]
+)
 def backend_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Celery]:
     """An app on each kind of result backend: key-value (mget) and database (id by id)."""
     url = {
@@ -119,11 +126,13 @@ def test_fetch_ready_reads_each_kind_of_backend_in_one_call(backend_app: Celery)
     backend.store_result(waiting, None, "STARTED")
     found = fetch_ready(backend_app, [done, failed, waiting, str(uuid.uuid4())])
     assert set(found) == {done, failed}
-    assert found[done] == {"task_id": done, "state": "SUCCESS", "result": {"n": 1},
-                           "error": None}
+    assert found[done] == {"task_id": done, "state": "SUCCESS", "result": {"n": 1}, "error": None}
     assert found[failed]["state"] == "FAILURE"
-    assert found[failed]["error"] == {"type": "KeyError", "message": "'missing'",
-                                      "traceback": "Traceback: here"}
+    assert found[failed]["error"] == {
+        "type": "KeyError",
+        "message": "'missing'",
+        "traceback": "Traceback: here",
+    }
 
 
 # -- through a real worker and triggerer ---------------------------------------------------------
@@ -132,8 +141,9 @@ def test_fetch_ready_reads_each_kind_of_backend_in_one_call(backend_app: Celery)
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Triggerer]]:
     store = tmp_path_factory.mktemp("store") / "store.sqlite3"
-    app = make_app(f"sqlite:///{store}", defer_triggerer_heartbeat=5.0,
-                   defer_triggerer_health_timeout=30.0)
+    app = make_app(
+        f"sqlite:///{store}", defer_triggerer_heartbeat=5.0, defer_triggerer_health_timeout=30.0
+    )
 
     @app.task(shared=False, name="t.child")
     def child(value: Any, hold: float = 0.0) -> Any:
@@ -147,15 +157,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Tri
         """Fans out one child and waits for it without holding this worker slot."""
         if event is None:
             started = child.delay(value, hold)
-            self.defer(trigger=TaskResultTrigger(started.id, poll_interval=0.1),
-                       kwargs={"value": value, "hold": hold})
+            self.defer(
+                trigger=TaskResultTrigger(started.id, poll_interval=0.1),
+                kwargs={"value": value, "hold": hold},
+            )
         return event.payload
 
     @app.task(base=DeferrableTask, bind=True, shared=False, name="t.wait_for")
     def wait_for(self: DeferrableTask, task_id: str, event: Any = None) -> Any:
         if event is None:
-            self.defer(trigger=TaskResultTrigger(task_id, poll_interval=0.2),
-                       kwargs={"task_id": task_id})
+            self.defer(
+                trigger=TaskResultTrigger(task_id, poll_interval=0.2), kwargs={"task_id": task_id}
+            )
         return event.payload["result"]
 
     with (
@@ -235,8 +248,9 @@ def test_eager_mode_waits_for_a_stored_eager_result(store_url: str) -> None:
     @app.task(base=DeferrableTask, bind=True, shared=False, name="t.eager_parent")
     def parent(self: DeferrableTask, x: int, event: Any = None) -> Any:
         if event is None:
-            self.defer(trigger=TaskResultTrigger(child.delay(x).id, poll_interval=0.05),
-                       kwargs={"x": x})
+            self.defer(
+                trigger=TaskResultTrigger(child.delay(x).id, poll_interval=0.05), kwargs={"x": x}
+            )
         return event.payload["result"]
 
     assert parent.delay(41).get(timeout=10) == 42
