@@ -15,9 +15,11 @@ import click
 from celery._state import _set_task_join_will_block
 from celery.bin.base import LOG_LEVEL, CeleryCommand, CeleryOption, handle_preload_options
 
+from celery_defer import encryption
 from celery_defer.cli_inspect import COMMANDS as INSPECTION_COMMANDS
-from celery_defer.exceptions import CeleryDeferError
+from celery_defer.exceptions import CeleryDeferError, EncryptionError
 from celery_defer.external_events import send_event
+from celery_defer.settings import Settings
 from celery_defer.store import store_for
 from celery_defer.store.schema import SCHEMA_VERSION
 from celery_defer.triggerer import Triggerer
@@ -118,3 +120,59 @@ def send_event_command(ctx: click.Context, key: str, payload: str) -> None:
     except CeleryDeferError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"sent event {key!r} (id {event_id})")
+
+
+@defer.command("rotate-keys", cls=CeleryCommand)
+@click.option(
+    "--seal-clear",
+    is_flag=True,
+    help="Also encrypt values stored in clear (written before encryption was turned on).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Rows read and rewritten per transaction.",
+)
+@click.pass_context
+def rotate_keys(ctx: click.Context, seal_clear: bool, batch_size: int) -> None:
+    """Re-encrypt stored kwargs and trigger kwargs with the first defer_encryption_keys key.
+
+    Safe while workers and triggerers run, and to run again: values already
+    under the first key are left alone. Prints counts, never a value. Exits
+    non-zero when some value opens with none of the keys (it is left as is).
+    """
+    app = ctx.obj.app
+    try:
+        keyring = Settings.from_app(app).keyring
+    except CeleryDeferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if keyring is None:
+        raise click.ClickException(
+            f"{encryption.SETTING} is not set: there is no key to encrypt with"
+        )
+    unopened = 0
+
+    def rewrite(text: str) -> str | None:
+        nonlocal unopened
+        try:
+            return encryption.reseal(keyring, text, seal_clear=seal_clear)
+        except EncryptionError:
+            unopened += 1
+            return None
+
+    try:
+        done = store_for(app).rewrite_user_values(rewrite, batch_size)
+    except CeleryDeferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"rewrote {done.deferrals} deferral kwargs and {done.triggers} trigger kwargs "
+        "under the first key"
+    )
+    if unopened:
+        raise click.ClickException(
+            f"{unopened} stored values are encrypted with a key not in {encryption.SETTING}: "
+            "left as they are (their tasks fail when they resume); add that key back to "
+            "rotate them"
+        )

@@ -6,7 +6,7 @@ for scripts; timestamps are ISO 8601 in UTC, ages and delays in seconds.
 
 Stored user values (task kwargs, trigger kwargs, event payloads) may hold
 secrets: ``list`` and ``stats`` never print them; only ``show`` does, and only
-through :func:`reveal`.
+through :func:`reveal`, which never decrypts a value encrypted at rest.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from celery.bin.base import CeleryCommand
 
-from celery_defer import serialization
+from celery_defer import encryption, serialization
 from celery_defer.exceptions import CeleryDeferError
 from celery_defer.settings import Settings
 from celery_defer.store import RUNNING, Store, store_for
@@ -35,15 +35,21 @@ _json_option = click.option(
 )
 
 
+#: What :func:`reveal` gives for a value encrypted at rest: a JSON string, which no
+#: stored kwargs, trigger kwargs or outcome (all JSON objects) can be.
+SEALED = json.dumps(encryption.PLACEHOLDER)
+
+
 def reveal(app: Celery, stored: str) -> str:
     """The typed-JSON text of a stored user value, for ``celery defer show`` to print.
 
     The one place where inspection turns what the store holds back into
-    something readable. Values are stored in clear today; when they are
-    encrypted at rest, this is where they get decrypted (with the app's key),
-    and where a policy could refuse to show them.
+    something readable. A value encrypted at rest (``defer_encryption_keys``)
+    is shown as :data:`SEALED`, never decrypted, even when this process has
+    the keys: encrypting is meant to keep secrets off terminals and logs too.
+    Values stored in clear are shown as they are.
     """
-    return stored
+    return SEALED if encryption.is_sealed(stored) else stored
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -212,6 +218,8 @@ def _value_json(text: str | None) -> Any:
 def _value_text(text: str | None) -> str:
     if text is None:
         return "-"
+    if text == SEALED:
+        return encryption.PLACEHOLDER
     try:
         return repr(serialization.loads(text, where="stored value"))
     except CeleryDeferError:

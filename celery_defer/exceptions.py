@@ -38,6 +38,10 @@ class SerializationError(InvalidDeferral, TypeError):
     """A value cannot be stored as typed JSON."""
 
 
+class EncryptionError(CeleryDeferError):
+    """A stored value is encrypted and no configured key (defer_encryption_keys) opens it."""
+
+
 class StoreError(CeleryDeferError):
     """The deferral store failed (unreachable, or a query error)."""
 

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery._state import task_join_will_block
+from kombu.exceptions import OperationalError
 from kombu.serialization import dumps as kombu_dumps
 from kombu.serialization import loads as kombu_loads
 
@@ -137,40 +138,94 @@ def resume_header(order: ResumeOrder) -> dict[str, Any]:
 def publish(app: Celery, orders: Sequence[ResumeOrder]) -> list[ResumeOrder]:
     """Send each order's resume message; return the orders that were sent.
 
-    An order that cannot be sent (broker down, undecodable snapshot) is
-    logged and left out: its deferral stays ``firing`` and the sweep sends it
-    again later, so nothing is lost.
+    Never raises. An order that cannot be sent (undecodable snapshot) is
+    logged and left out; when the broker itself is unreachable, the rest of
+    the batch is left out at once rather than each waiting out the publish
+    retries. Orders left out stay ``firing``: the triggerer tries them again
+    with backoff (:func:`publish_until_unreachable`), and the sweep re-sends
+    what a dead triggerer left, so nothing is lost.
     """
+    return publish_until_unreachable(app, orders)[0]
+
+
+def publish_until_unreachable(
+    app: Celery, orders: Sequence[ResumeOrder]
+) -> tuple[list[ResumeOrder], list[ResumeOrder]]:
+    """:func:`publish`, also returning the orders left out because the broker was away."""
     sent: list[ResumeOrder] = []
-    if not orders:
-        return sent
-    with app.producer_or_acquire() as producer:
-        for order in orders:
-            try:
-                options = restore_request(order.request)
-                headers = dict(options.pop("headers", None) or {})
-                headers[RESUME_HEADER] = resume_header(order)
-                app.send_task(
-                    order.task_name,
-                    args=(),
-                    kwargs=json.loads(order.kwargs),
-                    task_id=order.task_id,
-                    headers=headers,
-                    producer=producer,
-                    add_to_parent=False,
-                    **options,
-                )
-            except Exception:
-                logger.exception(
-                    "could not publish the resume of task %s (%s); the sweep retries it",
-                    order.task_id,
-                    order.task_name,
-                    extra={"task_id": order.task_id, "task_name": order.task_name},
-                )
-                continue
-            sent.append(order)
-            _unsubscribe(app, order.task_id)
-    return sent
+    position = 0  # orders before it were sent or given up on
+    try:
+        with app.producer_or_acquire() as producer:
+            connection = getattr(producer, "connection", None)
+            connection_errors = (*getattr(connection, "connection_errors", ()), OperationalError)
+            for position, order in enumerate(orders):  # noqa: B007 - read after the loop
+                try:
+                    _send(app, order, producer)
+                except connection_errors:
+                    raise
+                except Exception:
+                    logger.exception(
+                        "could not publish the resume of task %s (%s); the sweep retries it",
+                        order.task_id,
+                        order.task_name,
+                        extra={"task_id": order.task_id, "task_name": order.task_name},
+                    )
+                    continue
+                sent.append(order)
+                _unsubscribe(app, order.task_id)
+            position = len(orders)
+    except Exception as exc:  # the broker, or acquiring/releasing the producer
+        left = list(orders[position:])
+        logger.warning(
+            "broker unreachable (%s); %d resumes wait for the next attempt", exc, len(left)
+        )
+        return sent, left
+    return sent, []
+
+
+def _send(app: Celery, order: ResumeOrder, producer: Any) -> None:
+    options, kwargs, header = _decoded(order)
+    headers = dict(options.pop("headers", None) or {})
+    headers[RESUME_HEADER] = header
+    app.send_task(
+        order.task_name,
+        args=(),
+        kwargs=kwargs,
+        task_id=order.task_id,
+        headers=headers,
+        producer=producer,
+        add_to_parent=False,
+        **options,
+    )
+
+
+def _decoded(order: ResumeOrder) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The send options, kwargs and resume header of ``order``.
+
+    A stored row that does not decode (damaged, or edited by hand) never
+    will: left ``firing``, the sweep would re-send it for ever while the task
+    reads DEFERRED. It is resumed on the failure path instead, so the task
+    fails with a :class:`~celery_defer.exceptions.StoreError` naming the
+    damaged column (its stored options may be what is lost: default routing).
+    """
+    part = "request"
+    try:
+        options = restore_request(order.request)
+        part = "kwargs"
+        kwargs = json.loads(order.kwargs)
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"a JSON {type(kwargs).__name__}, not an object")
+        part = "outcome"
+        return options, kwargs, resume_header(order)
+    except (ValueError, KeyError, TypeError) as exc:
+        message = (
+            f"the stored deferral of task {order.task_name}[{order.task_id}] is corrupt "
+            f"({part}: {exc!r}): it cannot be resumed"
+        )
+    logger.error(message, extra={"task_id": order.task_id, "task_name": order.task_name})
+    error = {"error": {"kind": "corrupt", "message": message}}
+    header = {"generation": order.generation, "method": FAIL_METHOD, "outcome": error}
+    return {}, {}, header
 
 
 def _unsubscribe(app: Celery, task_id: str) -> None:

@@ -10,9 +10,10 @@ is first needed and then cached for that app.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from celery_defer.encryption import Keyring, keyring_from_setting
 from celery_defer.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "defer_max_kwargs_bytes": 65536,
     "defer_triggerer_block_warning": 0.5,
     "defer_event_retention": 86400.0,
+    "defer_encryption_keys": None,
+    "defer_resume_republish_after": 300.0,
 }
 
 _cache: weakref.WeakKeyDictionary[Any, Settings] = weakref.WeakKeyDictionary()
@@ -49,6 +52,12 @@ class Settings:
     #: Seconds an external event counts for ExternalEventTrigger waiters; the sweep
     #: deletes older ones.
     event_retention: float
+    #: Seconds a published resume may wait unclaimed before the sweep publishes it
+    #: again (its message may be lost with a broker that restarted without persistence).
+    resume_republish_after: float
+    #: The Fernet keys of ``defer_encryption_keys`` (None: stored values stay in clear).
+    #: Kept out of the repr and of comparisons: a logged Settings never shows a key.
+    keyring: Keyring | None = field(repr=False, compare=False)
 
     @classmethod
     def from_app(cls, app: Celery) -> Settings:
@@ -67,6 +76,8 @@ class Settings:
             max_kwargs_bytes=_positive_int(app, "defer_max_kwargs_bytes"),
             triggerer_block_warning=_positive_float(app, "defer_triggerer_block_warning"),
             event_retention=_positive_float(app, "defer_event_retention"),
+            keyring=keyring_from_setting(_lookup(app, "defer_encryption_keys")),
+            resume_republish_after=_positive_float(app, "defer_resume_republish_after"),
         )
         if settings.triggerer_health_timeout <= settings.triggerer_heartbeat:
             raise ConfigurationError(

@@ -53,6 +53,11 @@ def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
     # between storing the event and sending the resume): send it again. A
     # duplicate is harmless, the worker runs one generation once.
     stuck = store.stuck_firing(now - timedelta(seconds=settings.triggerer_health_timeout), _BATCH)
+    # A resume published long ago and never claimed may have lost its message
+    # (a broker restarted without persistence): send it again, same reasoning.
+    stuck += store.unclaimed_resumes(
+        now - timedelta(seconds=settings.resume_republish_after), _BATCH
+    )
     republished = len(stuck)
     _publish(app, stuck)
     deleted = store.delete_unused_triggers()

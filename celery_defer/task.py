@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
-from celery.signals import task_revoked
+from celery.signals import task_revoked, task_unknown
 
-from celery_defer import events, notices, serialization
+from celery_defer import encryption, events, notices, serialization
 from celery_defer.eager import InlineRuntime
 from celery_defer.exceptions import (
     InvalidDeferral,
@@ -49,10 +50,19 @@ logger = logging.getLogger(__name__)
 #: The custom task state shown by ``AsyncResult.state`` while a task is deferred.
 DEFERRED = "DEFERRED"
 
-_ERRORS = {"timeout": TriggerTimeout, "failed": TriggerFailed}
+#: Exception per failure-outcome kind (``corrupt``: a stored deferral that no longer decodes).
+_ERRORS = {"timeout": TriggerTimeout, "failed": TriggerFailed, "corrupt": StoreError}
 
-#: Header counting how often a resume was re-sent because the store was unreachable.
+#: Header counting how often an execution was re-sent because the store was unreachable.
 RESEND_HEADER = "celery_defer_resend"
+
+#: Header of a resume this worker had claimed and re-sent (the store failed before the
+#: method's next deferral was stored): its one copy may claim the ``running`` row again.
+RECLAIM_HEADER = "celery_defer_reclaim"
+
+#: Re-sends of one execution, with backoff capped at a minute (about 9 minutes in
+#: all), before a store that stays unreachable fails the task.
+MAX_STORE_RESENDS = 12
 
 
 class DeferrableTask(Task):  # type: ignore[misc]
@@ -129,18 +139,21 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 },
             )
             _warn_if_outlives_results(self, checked.timeout_at)
-        stored = store_for(self.app).save_deferral(
-            NewDeferral(
-                task_id=task_id,
-                task_name=self.name,
-                method=checked.method,
-                kwargs=checked.kwargs,
-                request=snapshot_request(self, request, deadline_at),
-                trigger_classpath=checked.trigger_classpath,
-                trigger_kwargs=checked.trigger_kwargs,
-                timeout_at=checked.timeout_at,
+        try:
+            stored = store_for(self.app).save_deferral(
+                NewDeferral(
+                    task_id=task_id,
+                    task_name=self.name,
+                    method=checked.method,
+                    kwargs=encryption.seal(settings.keyring, checked.kwargs),
+                    request=snapshot_request(self, request, deadline_at),
+                    trigger_classpath=checked.trigger_classpath,
+                    trigger_kwargs=encryption.seal(settings.keyring, checked.trigger_kwargs),
+                    timeout_at=checked.timeout_at,
+                )
             )
-        )
+        except StoreError as exc:
+            self._resend_later(exc, deferring=True)
         notices.announce_trigger(self.app, stored.trigger_id)
         events.send(
             self,
@@ -174,9 +187,9 @@ class DeferrableTask(Task):  # type: ignore[misc]
             raise InvalidDeferral(f"malformed {RESUME_HEADER} header: {header!r}")
         store = store_for(self.app)
         try:
-            claimed = store.begin_resume(task_id, generation)
+            claimed = store.begin_resume(task_id, generation, reclaim=self._may_reclaim())
         except StoreError as exc:
-            self._resend_later(exc)
+            self._resend_later(exc, deferring=False)
         if not claimed:
             logger.warning(
                 "dropping a stale or duplicate resume of task %s[%s] (generation %s)",
@@ -202,26 +215,70 @@ class DeferrableTask(Task):  # type: ignore[misc]
         _quietly(store.finish, task_id, generation)
         return result
 
-    def _resend_later(self, error: StoreError) -> NoReturn:
-        """The store is unreachable: send this resume again shortly, and drop this copy.
+    def _may_reclaim(self) -> bool:
+        """Whether this copy of a resume may take it over from an execution cut off.
+
+        Two copies may: the one this worker re-sent itself after claiming
+        (:data:`RECLAIM_HEADER`), and a message the broker redelivered to an
+        ``acks_late`` task, whose previous worker died while running the
+        method. The latter is Celery's ``acks_late`` promise, at least once:
+        the method runs again. Without ``acks_late`` the message was acked
+        before the method ran, and a worker dying mid-method loses that run,
+        as it would any Celery task's.
+        """
+        request = self.request
+        if _header(request, RECLAIM_HEADER) is not None:
+            return True
+        redelivered = bool((request.delivery_info or {}).get("redelivered"))
+        return redelivered and bool(self.acks_late)
+
+    def _resend_later(self, error: StoreError, *, deferring: bool) -> NoReturn:
+        """The store is unreachable: send this execution again shortly, and drop this copy.
 
         Like ``self.retry()`` but without consuming a retry: the message is
         re-sent under the same id with the same options (Celery's
-        ``signature_from_request``), so the resume is delayed, never lost.
+        ``signature_from_request``), so the execution is delayed, never lost.
+        ``deferring``: the store failed while saving a deferral; the task
+        body runs again (a resumed method, from its resume, claiming the row
+        it had claimed). After :data:`MAX_STORE_RESENDS` the task fails with
+        the store's error; a resume not yet claimed is instead left to the
+        sweep, which sends it again once the store is back.
         """
-        attempt = int((self.request.headers or {}).get(RESEND_HEADER, 0)) + 1
+        request = self.request
+        attempt = int(_header(request, RESEND_HEADER) or 0) + 1
+        if attempt > MAX_STORE_RESENDS:
+            if deferring:
+                raise StoreError(
+                    f"the deferral of {self.name}[{request.id}] could not be stored after "
+                    f"{MAX_STORE_RESENDS} attempts: {error}"
+                ) from error
+            logger.error(
+                "store unreachable while resuming %s[%s] (%s); left to the sweep",
+                self.name,
+                request.id,
+                error,
+                extra={"task_id": request.id},
+            )
+            raise Ignore()
         countdown = min(2.0**attempt, 60.0)
         logger.warning(
-            "store unreachable while resuming %s[%s] (%s); resending in %.0fs",
+            "store unreachable while %s %s[%s] (%s); resending in %.0fs",
+            "deferring" if deferring else "resuming",
             self.name,
-            self.request.id,
+            request.id,
             error,
             countdown,
-            extra={"task_id": self.request.id, "attempt": attempt},
+            extra={"task_id": request.id, "attempt": attempt},
         )
-        signature = self.signature_from_request(self.request)
+        signature = self.signature_from_request(request)
         headers = dict(signature.options.get("headers") or {})
         headers[RESEND_HEADER] = attempt
+        resume = _resume_header(request)
+        if deferring and resume is not None:
+            headers[RECLAIM_HEADER] = resume.get("generation")
+        if deferring and not request.ignore_result and not self.ignore_result:
+            # Not DEFERRED: nothing waits on a trigger until the re-sent copy stores it.
+            self.backend.mark_as_retry(request.id, error, request=request)
         signature.apply_async(countdown=countdown, headers=headers)
         raise Ignore()
 
@@ -237,7 +294,10 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 raise TriggerTimeout(self._deadline_message())
             raise _ERRORS.get(kind, TriggerFailed)(error.get("message"))
         check_method(self, method_name)
-        kwargs = serialization.decode(message_kwargs)
+        keyring = Settings.from_app(self.app).keyring
+        kwargs = serialization.decode(
+            encryption.unseal_data(keyring, message_kwargs, where="kwargs"), where="kwargs"
+        )
         event = TriggerEvent(outcome.get("event"))
         return getattr(self, method_name)(**kwargs, **{EVENT_KWARG: event})
 
@@ -343,20 +403,56 @@ def _forget_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
 task_revoked.connect(_forget_revoked, weak=False)
 
 
+def _forget_unknown(sender: Any = None, message: Any = None, **kwargs: Any) -> None:
+    """A worker rejected a resume of a task it does not know: forget its deferral.
+
+    Celery fails an unregistered task with ``NotRegistered`` and drops its
+    message (celery/worker/consumer/consumer.py ``on_unknown_task``). The
+    deferral, left ``resumed`` in the store, would be listed as waiting for
+    ever and re-sent by the sweep, failing again each time.
+    """
+    task_id = kwargs.get("id")
+    headers = getattr(message, "headers", None) or {}
+    app = getattr(sender, "app", None)
+    if RESUME_HEADER not in headers or not task_id or app is None:
+        return
+    try:
+        store_for(app).cancel_deferrals([task_id])
+    except StoreError as exc:
+        logger.warning("could not forget the deferral of unknown task %s: %s", task_id, exc)
+
+
+task_unknown.connect(_forget_unknown, weak=False)
+
+
+def _header(request: Any, name: str) -> Any:
+    """A custom message header: in ``request.headers``, or a request attribute (protocol 1)."""
+    value = (request.headers or {}).get(name) if request.headers else None
+    return getattr(request, name, None) if value is None else value
+
+
 def _resume_header(request: Any) -> dict[str, Any] | None:
-    header = (request.headers or {}).get(RESUME_HEADER) if request.headers else None
-    if header is None:
-        header = getattr(request, RESUME_HEADER, None)
+    header = _header(request, RESUME_HEADER)
     return header if isinstance(header, dict) else None
 
 
 def _quietly(operation: Any, task_id: str, generation: int) -> None:
-    """Bookkeeping after the method ran must not change the task's outcome."""
-    try:
-        operation(task_id, generation)
-    except StoreError:
-        logger.exception(
-            "could not record the end of resumed task %s",
-            task_id,
-            extra={"task_id": task_id, "generation": generation},
-        )
+    """Bookkeeping after the method ran must not change the task's outcome.
+
+    Tried a few times over about 3.5 s, so that a store blip (a database
+    restart) does not leave the deferral's row behind; after that it is
+    logged and left.
+    """
+    for pause in (0.5, 1.0, 2.0, None):
+        try:
+            operation(task_id, generation)
+            return
+        except StoreError:
+            if pause is None:
+                logger.exception(
+                    "could not record the end of resumed task %s",
+                    task_id,
+                    extra={"task_id": task_id, "generation": generation},
+                )
+                return
+            time.sleep(pause)

@@ -68,6 +68,13 @@ def check_method(task: Task, name: Any) -> None:
         raise InvalidDeferral(
             f"method_name {name!r} is part of Celery's Task API, not a method of task {task.name!r}"
         )
+    # DeferrableTask's own methods (defer, and its internals) are not resumable
+    # either: resuming into them failed only later, at the resume, or never ran.
+    owner = next((cls for cls in type(task).__mro__ if name in vars(cls)), None)
+    if owner is not None and owner.__module__.startswith("celery_defer."):
+        raise InvalidDeferral(
+            f"method_name {name!r} is part of {owner.__name__}, not a method of task {task.name!r}"
+        )
     method = getattr(task, name, None)
     if method is None:
         raise InvalidDeferral(f"task {task.name!r} has no method {name!r} to resume into")
@@ -77,6 +84,11 @@ def check_method(task: Task, name: Any) -> None:
 
 def check_trigger(trigger: Any) -> tuple[str, dict[str, Any]]:
     """Refuse a trigger the triggerer could not rebuild; return its serialized form."""
+    if isinstance(trigger, type) and issubclass(trigger, BaseTrigger):
+        raise InvalidDeferral(
+            f"trigger must be a celery_defer.BaseTrigger instance, got the class "
+            f"{trigger.__name__}: pass an instance, {trigger.__name__}(...)"
+        )
     if not isinstance(trigger, BaseTrigger):
         raise InvalidDeferral(
             f"trigger must be a celery_defer.BaseTrigger instance, got {type(trigger).__name__}"
@@ -129,13 +141,19 @@ def timeout_moment(timeout: Any) -> datetime | None:
     delta = timeout if isinstance(timeout, timedelta) else _seconds(timeout)
     if delta < timedelta(0):
         raise InvalidDeferral(f"timeout must not be negative, got {timeout!r}")
-    return datetime.now(timezone.utc) + delta
+    try:
+        return datetime.now(timezone.utc) + delta
+    except OverflowError:  # e.g. timedelta.max: a bare OverflowError would not name the timeout
+        raise InvalidDeferral(f"timeout {timeout!r} from now is out of range") from None
 
 
 def _seconds(value: float) -> timedelta:
     if value != value or value in (float("inf"), float("-inf")):
         raise InvalidDeferral(f"timeout must be a finite number of seconds, got {value!r}")
-    return timedelta(seconds=value)
+    try:
+        return timedelta(seconds=value)
+    except OverflowError:
+        raise InvalidDeferral(f"timeout {value!r} from now is out of range") from None
 
 
 def _bounded(text: str, what: str, max_bytes: int) -> str:

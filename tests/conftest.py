@@ -32,6 +32,7 @@ REQUIRE_SERVICES_ENV = "CELERY_DEFER_REQUIRE_SERVICES"
 POSTGRES_URL_ENV = "CELERY_DEFER_TEST_POSTGRES_URL"
 REDIS_URL_ENV = "CELERY_DEFER_TEST_REDIS_URL"
 AMQP_URL_ENV = "CELERY_DEFER_TEST_AMQP_URL"
+POSTGRES_RESTART_ENV = "CELERY_DEFER_TEST_POSTGRES_RESTART"
 
 # Short enough that a dead service costs seconds, not minutes, per session.
 _CONNECT_TIMEOUT = 3
@@ -188,3 +189,24 @@ def store_url(tmp_path: Path) -> str:
 def app(store_url: str) -> Celery:
     """A fresh app on the selected store and broker (tasks are added by the test)."""
     return make_app(store_url)
+
+
+@pytest.fixture(scope="session")
+def postgres_restart(postgres_url: str) -> Callable[[], None]:
+    """Restart the PostgreSQL server of ``CELERY_DEFER_TEST_POSTGRES_URL`` (fault tests).
+
+    ``CELERY_DEFER_TEST_POSTGRES_RESTART`` holds the shell command that does it (CI sets it
+    to ``pg_ctlcluster ... restart``); unset, the tests that need it are skipped, so no test
+    run restarts a developer's database unasked.
+    """
+    import subprocess
+
+    command = os.environ.get(POSTGRES_RESTART_ENV, "").strip()
+    if not command:
+        _unavailable(f"{POSTGRES_RESTART_ENV} is not set (a shell command restarting PostgreSQL)")
+
+    def restart() -> None:
+        subprocess.run(command, shell=True, check=True, timeout=120, capture_output=True)
+        _check_postgres(postgres_url)
+
+    return restart

@@ -268,16 +268,61 @@ def test_a_resume_is_resent_while_the_store_is_unreachable(
     real_begin = store.begin_resume
     failures: list[str] = []
 
-    def flaky_begin(task_id: str, generation: int) -> bool:
+    def flaky_begin(task_id: str, generation: int, **options: Any) -> bool:
         if not failures:
             failures.append(task_id)
             raise StoreError("begin_resume failed: connection refused (injected)")
-        return real_begin(task_id, generation)
+        return real_begin(task_id, generation, **options)
 
     monkeypatch.setattr(store, "begin_resume", flaky_begin)
     result = live.poll.delay("flaky")
     assert result.get(timeout=15) == ["flaky", True]  # re-sent after ~2 s, then resumed
     assert failures == [result.id]
+
+
+@pytest.mark.parametrize("failing_save", [1, 2], ids=["first-execution", "resumed-method"])
+def test_a_deferral_is_resent_while_the_store_is_unreachable(
+    live: Live, monkeypatch: pytest.MonkeyPatch, failing_save: int
+) -> None:
+    """Fault injection: one save of the deferral fails as if the database were down.
+
+    The execution is re-sent (no retry consumed) and runs again; when it was a
+    resumed method, the re-sent copy takes over the resume it had claimed.
+    """
+    store = store_for(live.app)
+    real_save = store.save_deferral
+    saves: list[str] = []
+
+    def flaky_save(deferral: Any) -> Any:
+        saves.append(deferral.task_id)
+        if len(saves) == failing_save:
+            raise StoreError("save_deferral failed: connection refused (injected)")
+        return real_save(deferral)
+
+    monkeypatch.setattr(store, "save_deferral", flaky_save)
+    result = live.counter.delay()
+    assert result.get(timeout=20) == 3  # three deferrals stored, one save failed
+    assert saves == [result.id] * 4
+    assert store.get_deferral(result.id) is None
+
+
+def test_a_store_that_stays_down_fails_the_deferring_task(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import celery_defer.task
+
+    store = store_for(live.app)
+
+    def down(deferral: Any) -> Any:
+        raise StoreError("save_deferral failed: connection refused (injected)")
+
+    monkeypatch.setattr(store, "save_deferral", down)
+    monkeypatch.setattr(celery_defer.task, "MAX_STORE_RESENDS", 1)
+    result = live.poll.delay("lost?")
+    wait_for_state(result, "RETRY")  # not DEFERRED: nothing waits on a trigger
+    with pytest.raises(StoreError, match=r"could not be stored after 1 attempts.*refused"):
+        result.get(timeout=15)
+    assert result.state == "FAILURE"
 
 
 def test_a_resume_after_expires_is_revoked_as_celery_would(live: Live) -> None:

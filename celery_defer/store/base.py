@@ -9,7 +9,7 @@ handles database exceptions.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from celery_defer.store.records import (
@@ -21,6 +21,7 @@ from celery_defer.store.records import (
     ExternalEvent,
     NewDeferral,
     ResumeOrder,
+    Rewritten,
     StoredDeferral,
     StoreStats,
     TriggerOutcome,
@@ -43,8 +44,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def begin_resume(self, task_id: str, generation: int) -> bool:
-        """Claim a published resume for execution; False means a stale duplicate."""
+    def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
+        """Claim a published resume for execution; False means a stale duplicate.
+
+        ``reclaim`` also takes a resume already claimed (``running``): for the
+        one copy of a resume whose execution was cut off, a message redelivered
+        to an ``acks_late`` task after its worker died, or a resume the worker
+        re-sent itself because the store was down.
+        """
 
     @abc.abstractmethod
     def reopen_resume(self, task_id: str, generation: int) -> None:
@@ -100,6 +107,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
         """Deferrals left in ``firing`` (their publisher died): to publish again."""
+
+    @abc.abstractmethod
+    def unclaimed_resumes(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        """Resumes published before ``older_than`` that no worker has claimed.
+
+        Their message may be lost (a broker restarted without persistence);
+        the sweep publishes them again, and :meth:`mark_resumed` restarts
+        their clock. A surviving copy makes the later one a dropped duplicate.
+        """
 
     @abc.abstractmethod
     def delete_unused_triggers(self) -> int:
@@ -158,3 +174,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> StoreStats:
         """Triggerers and what they run, deferrals by state, the oldest deferral."""
+
+    # -- key rotation (celery_defer.store.rotation) ---------------------------
+
+    @abc.abstractmethod
+    def rewrite_user_values(
+        self, rewrite: Callable[[str], str | None], batch_size: int = 500
+    ) -> Rewritten:
+        """Pass every stored kwargs and trigger kwargs text through ``rewrite``.
+
+        ``rewrite`` returns the text to store instead, or None to leave it.
+        Rows are read and written in batches of ``batch_size``, each batch in
+        short transactions; a row changed meanwhile (a task deferring again, a
+        trigger that fired) is left as it now is.
+        """

@@ -62,9 +62,22 @@ def translated(method: Callable[P, R]) -> Callable[P, R]:
         except SQLAlchemyError as exc:
             if is_missing_table(exc):
                 raise SchemaMissing() from exc
-            raise StoreError(f"{method.__name__} failed: {exc}") from exc
+            # Name the store: a driver's message alone ("unable to open database
+            # file") does not say which database, nor that it is celery-defer's.
+            where = _store_name(args[0] if args else None)
+            raise StoreError(f"{method.__name__} failed{where}: {exc}") from exc
 
     return wrapper
+
+
+def _store_name(store: Any) -> str:
+    url = getattr(store, "url", None)
+    if not isinstance(url, str):
+        return ""
+    try:
+        return f" on the deferral store {make_url(url).render_as_string(hide_password=True)}"
+    except ArgumentError:
+        return ""
 
 
 # The error must name one of our tables: "does not exist" alone also covers a

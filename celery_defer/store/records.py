@@ -164,3 +164,11 @@ class StoreStats:
     by_state: dict[str, int]
     oldest: DeferralSummary | None
     unowned_triggers: int
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """How many stored user values ``rewrite_user_values`` changed, per table."""
+
+    deferrals: int
+    triggers: int

@@ -34,6 +34,7 @@ from sqlalchemy import (
     inspect,
     literal,
     null,
+    or_,
     select,
     update,
 )
@@ -60,6 +61,7 @@ from celery_defer.store.records import (
     StoredDeferral,
     TriggerOutcome,
 )
+from celery_defer.store.rotation import RotationQueries
 from celery_defer.store.schema import (
     SCHEMA_VERSION,
     deferrals,
@@ -178,7 +180,7 @@ def _order(row: Any) -> ResumeOrder:
     )
 
 
-class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
+class SqlStore(TriggererQueries, EventQueries, InspectionQueries, RotationQueries, Store):
     """A :class:`~celery_defer.store.base.Store` on any SQLAlchemy 2 database."""
 
     def __init__(self, url: str, *, create_schema: bool = True) -> None:
@@ -315,14 +317,15 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
         return StoredDeferral(trigger_id=int(trigger_id), generation=generation)
 
     @translated
-    def begin_resume(self, task_id: str, generation: int) -> bool:
+    def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
+        states = (FIRING, RESUMED, RUNNING) if reclaim else (FIRING, RESUMED)
         with self._begin() as conn:
             claimed = conn.execute(
                 update(deferrals)
                 .where(
                     deferrals.c.task_id == task_id,
                     deferrals.c.generation == generation,
-                    deferrals.c.state.in_((FIRING, RESUMED)),
+                    deferrals.c.state.in_(states),
                 )
                 .values(state=RUNNING, updated_at=utcnow())
             ).rowcount
@@ -428,7 +431,8 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
                 .where(
                     deferrals.c.task_id == bindparam("b_task_id"),
                     deferrals.c.generation == bindparam("b_generation"),
-                    deferrals.c.state == FIRING,
+                    # Not IN (...): expanding parameters cannot take an executemany.
+                    or_(deferrals.c.state == FIRING, deferrals.c.state == RESUMED),
                 )
                 .values(state=RESUMED, updated_at=now),
                 [{"b_task_id": o.task_id, "b_generation": o.generation} for o in orders],
@@ -479,6 +483,18 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, Store):
                 .limit(limit)
             ).all()
         return [_order(r) for r in stuck]
+
+    @translated
+    def unclaimed_resumes(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        moment = to_naive_utc(older_than)
+        with self._begin() as conn:
+            waiting = conn.execute(
+                select(*_ORDER_COLUMNS)
+                .where(deferrals.c.state == RESUMED, deferrals.c.updated_at < moment)
+                .order_by(deferrals.c.updated_at)
+                .limit(limit)
+            ).all()
+        return [_order(r) for r in waiting]
 
     @translated
     def delete_unused_triggers(self) -> int:

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery_defer import resume, serialization
+from celery_defer import encryption, resume
 from celery_defer.exceptions import SerializationError, StoreError, TriggerFailed
 from celery_defer.settings import Settings
 from celery_defer.store import ClaimedTrigger, ResumeOrder, Store, TriggerOutcome
 from celery_defer.triggerer.metrics import TriggererMetrics
-from celery_defer.triggers.base import BaseTrigger
+from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.execution import describe, first_event
 from celery_defer.validation import resolve_trigger_class
 
@@ -77,7 +77,12 @@ class TriggerRunner:
         self._unowned_left = True
         self._published: list[ResumeOrder] = []
         self._published_ready = asyncio.Event()
+        # Resumes stored as fired whose publish found the broker away.
+        self._unsent: list[ResumeOrder] = []
+        self._unsent_ready = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Triggers this runner cancelled, to tell them from one raising CancelledError itself.
+        self._cancelling: set[int] = set()
         self.registered: Callable[[], None] = lambda: None
         self.metrics = TriggererMetrics()
 
@@ -110,6 +115,7 @@ class TriggerRunner:
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(self._fire_loop(), name="fire"),
                 asyncio.create_task(self._mark_loop(), name="mark-resumed"),
+                asyncio.create_task(self._republish_loop(), name="republish"),
             ]
             await self._stop.wait()
             for task in side[:2]:
@@ -212,7 +218,7 @@ class TriggerRunner:
         try:
             trigger_class = resolve_trigger_class(row.classpath)
             trigger: BaseTrigger = trigger_class(
-                **serialization.loads(row.kwargs, where="trigger kwargs")
+                **encryption.loads(self.settings.keyring, row.kwargs, where="trigger kwargs")
             )
         except Exception as exc:
             message = f"trigger {row.classpath} could not be rebuilt: {exc}"
@@ -232,7 +238,7 @@ class TriggerRunner:
 
     async def _run(self, trigger_id: int, trigger: BaseTrigger) -> None:
         try:
-            event = await first_event(trigger)
+            event = await self._first_event(trigger_id, trigger)
             try:
                 outcome = resume.event_outcome(event.payload)
             except SerializationError as exc:
@@ -257,11 +263,31 @@ class TriggerRunner:
             outcome = resume.error_outcome("failed", str(exc))
         finally:
             self.running.pop(trigger_id, None)
+            self._cancelling.discard(trigger_id)
             if self._unowned_left:
                 self._wake.set()  # a slot is free and a trigger may be waiting for one
         self._submit(TriggerOutcome(trigger_id, outcome))
 
+    async def _first_event(self, trigger_id: int, trigger: BaseTrigger) -> TriggerEvent:
+        """:func:`first_event`, failing a trigger that raises CancelledError of its own.
+
+        Only a cancellation by this runner (stop, hand-over, revoke) may end a
+        trigger without an outcome; a CancelledError the trigger raised itself
+        (it awaited a cancelled future) would otherwise leave its tasks
+        waiting on a trigger that no longer runs, silently, until a timeout.
+        """
+        try:
+            return await first_event(trigger)
+        except asyncio.CancelledError:
+            if trigger_id in self._cancelling:
+                raise
+            raise TriggerFailed(
+                f"{describe(trigger)} raised CancelledError, but nothing cancelled it "
+                "(did it await a cancelled future or task?)"
+            ) from None
+
     async def _cancel_triggers(self, trigger_ids: list[int]) -> None:
+        self._cancelling.update(i for i in trigger_ids if i in self.running)
         tasks = [self.running[i] for i in trigger_ids if i in self.running]
         for task in tasks:
             task.cancel()
@@ -300,10 +326,37 @@ class TriggerRunner:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            sent = await self._call(resume.publish, self.app, orders)
-            if sent:
-                self._published.extend(sent)
-                self._published_ready.set()
+            await self._publish(orders)
+
+    async def _publish(self, orders: list[ResumeOrder]) -> bool:
+        """Publish resumes; keep those the broker was away for. True if all went."""
+        sent, unsent = await self._call(resume.publish_until_unreachable, self.app, orders)
+        if sent:
+            self._published.extend(sent)
+            self._published_ready.set()
+        if unsent:
+            self._unsent.extend(unsent)
+            self._unsent_ready.set()
+        return not unsent
+
+    async def _republish_loop(self) -> None:
+        """Publish again, with backoff, the resumes the broker was away for.
+
+        They are stored as fired (``firing``), so if this triggerer dies
+        first, the sweep sends them; a copy sent by both is dropped by the
+        worker as a duplicate.
+        """
+        backoff = 0.5
+        while True:
+            await self._unsent_ready.wait()
+            await asyncio.sleep(backoff)
+            self._unsent_ready.clear()
+            batch, self._unsent = self._unsent, []
+            if await self._publish(batch):
+                backoff = 0.5
+                logger.info("broker back: published %d held resumes", len(batch))
+            else:
+                backoff = min(backoff * 2, 30.0)
 
     async def _mark_loop(self) -> None:
         while True:

@@ -146,6 +146,11 @@ class LoopWatchdog:
                 self.loop.call_soon_threadsafe(self._answer)
             except RuntimeError:
                 return  # the loop is closed: nothing left to watch
+        # Stopped within a check of a stall's end (a triggerer stopping right
+        # after it): still say how long it lasted.
+        answered_at = self._answered_at
+        if culprit is not None and sent_at is not None and answered_at is not None:
+            self._report_end(answered_at - sent_at, culprit)
 
     def _report(self, lag: float) -> Culprit:
         assert self._loop_thread_id is not None

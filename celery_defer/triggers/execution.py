@@ -53,7 +53,9 @@ async def first_event(trigger: BaseTrigger) -> TriggerEvent:
         raise TriggerFailed(f"{name} ended without yielding an event")
     except TriggerFailed:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: a trigger calling sys.exit() must fail its own tasks,
+        # not stop the triggerer and every other trigger it runs.
         raise TriggerFailed(f"{name} raised {type(exc).__name__}: {exc}") from exc
     finally:
         await _cleanup(trigger, name)

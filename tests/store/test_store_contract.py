@@ -319,6 +319,18 @@ def test_reopen_resume_makes_it_claimable_again(store: SqlStore):
     assert store.begin_resume("a", 1) is True
 
 
+def test_begin_resume_reclaims_a_running_resume_only_when_asked(store: SqlStore):
+    # An acks_late message redelivered after its worker died mid-method.
+    fired(store, "a")
+    assert store.begin_resume("a", 1) is True
+    assert store.begin_resume("a", 1) is False  # a duplicate while it runs
+    assert store.begin_resume("a", 1, reclaim=True) is True
+    assert state(store, "a") == RUNNING
+    assert store.begin_resume("a", 2, reclaim=True) is False  # never another generation
+    store.finish("a", 1)
+    assert store.begin_resume("a", 1, reclaim=True) is False  # finished: nothing to take
+
+
 def test_finish_deletes_only_the_running_generation(store: SqlStore):
     fired(store, "a")
     store.finish("a", 1)  # not running yet: kept
@@ -364,6 +376,30 @@ def test_stuck_firing_returns_only_firing_rows_older_than_cutoff(store: SqlStore
     assert store.stuck_firing(now + timedelta(minutes=1), 0) == []
     # Stuck rows are reported, not claimed: asking again finds them again.
     assert store.stuck_firing(now + timedelta(minutes=1), 10) == [order("firing")]
+
+
+def test_unclaimed_resumes_are_published_ones_no_worker_took(store: SqlStore):
+    fired(store, "firing")
+    store.mark_resumed([fired(store, "resumed")])
+    store.mark_resumed([fired(store, "running")])
+    assert store.begin_resume("running", 1) is True
+    store.save_deferral(deferral("deferred"))
+    now = datetime.now(timezone.utc)
+    assert store.unclaimed_resumes(now - timedelta(minutes=1), 10) == []
+    assert store.unclaimed_resumes(now + timedelta(minutes=1), 10) == [order("resumed")]
+    assert store.unclaimed_resumes(now + timedelta(minutes=1), 0) == []
+
+
+def test_mark_resumed_again_restarts_the_unclaimed_clock(store: SqlStore):
+    resume = fired(store, "a")
+    store.mark_resumed([resume])
+    long_ago = utcnow() - timedelta(minutes=10)
+    sql(store, sa.update(deferrals).values(updated_at=long_ago))
+    cutoff = datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert store.unclaimed_resumes(cutoff, 10) == [order("a")]
+    store.mark_resumed([resume])  # the sweep published it again
+    assert store.unclaimed_resumes(cutoff, 10) == []
+    assert state(store, "a") == RESUMED
 
 
 def test_delete_unused_triggers_keeps_referenced_ones(store: SqlStore):

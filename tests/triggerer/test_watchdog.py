@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +17,7 @@ from inprocess import make_app
 
 from celery_defer import DeferrableTask, Triggerer
 from celery_defer.testing import SuccessTrigger
-from celery_defer.triggerer.watchdog import find_culprit
+from celery_defer.triggerer.watchdog import LoopWatchdog, find_culprit
 from celery_defer.triggers import BaseTrigger, TriggerEvent
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,3 +121,25 @@ def test_find_culprit_outside_a_trigger_says_so() -> None:
     assert culprit.trigger is None and culprit.trigger_id is None
     assert culprit.name() == "code that is not a trigger"
     assert "test_find_culprit_outside_a_trigger_says_so" in culprit.where
+
+
+def test_a_stall_ending_just_before_the_stop_is_still_reported(records: Records) -> None:
+    """A triggerer stopping right after a stall (a check interval is 0.02 s here) still
+    logs how long the stall lasted."""
+    loop = asyncio.new_event_loop()
+    watchdog = LoopWatchdog(loop, threshold=0.1)
+
+    async def stall_then_stop() -> None:
+        time.sleep(0.3)
+        await asyncio.sleep(0)  # the loop answers the watchdog's heartbeat
+        watchdog.stop()
+
+    try:
+        loop.call_soon(watchdog.start, threading.get_ident())
+        loop.run_until_complete(stall_then_stop())
+    finally:
+        loop.close()
+    messages = [r.getMessage() for r in records.records]
+    assert [m for m in messages if "so far" in m], messages
+    (end,) = [r for r in records.records if "in total" in r.getMessage()]
+    assert 0.25 <= end.blocked_seconds < 1.0  # type: ignore[attr-defined]

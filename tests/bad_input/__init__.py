@@ -1,0 +1,1 @@
+"""The bad-input matrix: a package, so that its one worker is package-scoped (see conftest.py)."""

@@ -1,0 +1,431 @@
+"""Machinery of the fault tests: real processes on real services, and the count at the end.
+
+:func:`fault_run` makes a fresh PostgreSQL schema for the store, queue names of its own and
+a marker namespace in Redis, and yields a :class:`FaultRun` that starts ``celery -A faultapp``
+workers, triggerers and beat as subprocesses (each in its own session, so a ``SIGKILL``
+reaches a prefork worker's children too), sends deferred tasks and counts how often each
+one's resumed method completed. Everything is stopped and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.engine import make_url
+
+HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+START_TIMEOUT = 40.0
+
+#: Every tally made in this session, printed at the end by tests/faults/conftest.py.
+TALLIES: list[Tally] = []
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Tally:
+    """How often each task's resumed method completed."""
+
+    scenario: str
+    tasks: int
+    lost: int
+    duplicated: int
+    took: float
+    #: Runs of a resumed method that started but were cut off (and ran again).
+    restarted: int = 0
+    #: Other facts worth a line (e.g. how often a supervisor restarted a crashed worker).
+    note: str = ""
+
+    def summary(self) -> str:
+        extra = f", re-executed after a kill {self.restarted}" if self.restarted else ""
+        extra += f", {self.note}" if self.note else ""
+        return (
+            f"{self.scenario}: {self.tasks} tasks, lost {self.lost}, "
+            f"duplicated {self.duplicated}{extra}, took {self.took:.1f}s"
+        )
+
+
+@dataclass
+class FaultRun:
+    """One scenario's processes, store and markers."""
+
+    scenario: str
+    env: dict[str, str]
+    logdir: Path
+    store: sa.Engine
+    markers: redis.Redis
+    prefix: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+    task_ids: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    _supervisors: list[threading.Event] = field(default_factory=list)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def start(self, role: str, *argv: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        log = self.logdir / f"{len(self.logs):02d}-{role}.log"
+        self.logs[role] = log
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "faultapp", *argv],
+                cwd=HERE,
+                env={**self.env, **extra_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[role] = process
+        return process
+
+    def start_worker(self, role: str = "worker", *options: str, **extra_env: str) -> None:
+        options = options or ("--pool", "threads", "--concurrency", "8")
+        self.start(
+            role,
+            "worker",
+            *options,
+            "-l",
+            "INFO",
+            "-n",
+            f"{role}-{self.prefix}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            **extra_env,
+        )
+        self.wait_for_log(role, "ready.")
+
+    def supervise_worker(self, role: str = "worker") -> Callable[[], int]:
+        """Start a worker again whenever it exits, as systemd's ``Restart=always`` would.
+
+        For a Redis restart: kombu's Redis transport can crash the worker while it
+        restores unacked messages over the lost connection ("Unrecoverable error:
+        AttributeError: 'NoneType' object has no attribute 'hostname'", kombu #582,
+        celery #10205), which no celery-defer code runs in. Returns a function giving
+        the number of restarts so far.
+        """
+        restarts: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.5):
+                process = self.processes.get(role)
+                if process is None or process.poll() is None:
+                    continue
+                restarts.append(role)
+                self.start_worker(role)
+
+        thread = threading.Thread(target=watch, name=f"supervise-{role}", daemon=True)
+        thread.start()
+        self._supervisors.append(stop)
+        return lambda: len(restarts)
+
+    def start_triggerer(self, role: str = "triggerer", *options: str, **extra_env: str) -> None:
+        self.start(role, "triggerer", "-l", "INFO", *options, **extra_env)
+        self.wait_for_log(role, "running, capacity")
+
+    def start_beat(self) -> None:
+        self.start("beat", "beat", "-l", "INFO", "--schedule", str(self.logdir / "beat-schedule"))
+        self.wait_for_log("beat", "beat: Starting")
+
+    def wait_for_log(self, role: str, text: str, timeout: float = START_TIMEOUT) -> None:
+        process, log = self.processes[role], self.logs[role]
+
+        def seen() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"{role} exited with {process.returncode}\n{self.tails()}")
+            return text in log.read_text(errors="replace")
+
+        try:
+            wait_until(seen, timeout, f"{text!r} in the {role} log")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.tails()}") from None
+
+    def kill(self, role: str) -> None:
+        """``kill -9`` the process and everything in its session (prefork children too)."""
+        process = self.processes.pop(role)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop(self, role: str, timeout: float = 15.0) -> None:
+        process = self.processes.pop(role, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def tails(self, lines: int = 30) -> str:
+        parts = []
+        for role, log in self.logs.items():
+            text = log.read_text(errors="replace") if log.exists() else ""
+            tail = "\n".join(text.splitlines()[-lines:])
+            parts.append(f"----- {self.scenario}: {role} (last {lines} lines) -----\n{tail}")
+        return "\n".join(parts)
+
+    def log_count(self, role: str, text: str) -> int:
+        return self.logs[role].read_text(errors="replace").count(text)
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def send(self, count: int, after: float, spread: float = 0.0) -> None:
+        """Send ``count`` tasks that defer until ``after`` s from now (over ``spread`` s)."""
+        app = Celery("faultclient", set_as_current=False)
+        app.conf.update(
+            broker_url=self.env["FAULT_BROKER_URL"],
+            task_default_queue=self.env["FAULT_QUEUE"],
+        )
+        start = datetime.now(timezone.utc) + timedelta(seconds=after)
+        try:
+            with app.producer_or_acquire() as producer:
+                for n in range(count):
+                    moment = start + timedelta(seconds=spread * n / max(count, 1))
+                    task_id = f"{self.prefix}-{n:05d}"
+                    app.send_task(
+                        "faultapp.wait_until",
+                        args=(moment.isoformat(),),
+                        task_id=task_id,
+                        producer=producer,
+                    )
+                    self.task_ids.append(task_id)
+        finally:
+            app.close()
+        self.started_at = time.monotonic()
+
+    def states(self) -> Counter[str]:
+        with self.store.connect() as conn:
+            rows = conn.execute(sa.text("select state, count(*) from defer_deferrals group by 1"))
+            return Counter({state: count for state, count in rows})
+
+    def held_by(self) -> Counter[str | None]:
+        with self.store.connect() as conn:
+            rows = conn.execute(
+                sa.text("select triggerer_id, count(*) from defer_triggers group by 1")
+            )
+            return Counter({owner: count for owner, count in rows})
+
+    def wait_deferred(self, timeout: float = 90.0) -> None:
+        """Until every task has deferred (its row exists, or it already resumed)."""
+        total = len(self.task_ids)
+
+        def all_deferred() -> bool:
+            return sum(self.states().values()) + len(self.runs()) >= total
+
+        try:
+            wait_until(all_deferred, timeout, f"{total} deferrals")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.states()}\n{self.tails()}") from None
+
+    def runs(self, key: str = "done") -> Counter[str]:
+        raw = self.markers.hgetall(f"{self.prefix}:{key}")
+        return Counter({k.decode(): int(v) for k, v in raw.items()})
+
+    def wait_all_done(self, timeout: float = 90.0) -> None:
+        total = len(self.task_ids)
+        try:
+            wait_until(lambda: len(self.runs()) >= total, timeout, f"{total} completed tasks", 0.25)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {len(self.runs())} completed, store {self.states()}\n{self.tails()}"
+            ) from None
+
+    def tally(self, settle: float = 3.0, note: str = "") -> Tally:
+        """Count, after ``settle`` s more for late duplicates to show up."""
+        took = time.monotonic() - self.started_at
+        time.sleep(settle)
+        done, started = self.runs(), self.runs("started")
+        counts = [done.get(task_id, 0) for task_id in self.task_ids]
+        tally = Tally(
+            scenario=self.scenario,
+            tasks=len(self.task_ids),
+            lost=sum(1 for c in counts if c == 0),
+            duplicated=sum(1 for c in counts if c > 1),
+            took=took,
+            restarted=sum(started.values()) - sum(done.values()),
+            note=note,
+        )
+        print(tally.summary())
+        TALLIES.append(tally)
+        return tally
+
+
+@contextlib.contextmanager
+def fault_run(
+    scenario: str,
+    *,
+    postgres_url: str,
+    redis_url: str,
+    broker_url: str | None,
+    logdir: Path,
+    **env: str,
+) -> Iterator[FaultRun]:
+    """A fresh store schema, queues and marker namespace; processes stopped and dropped after.
+
+    ``broker_url`` defaults to ``redis_url``. ``env`` adds ``FAULT_*`` settings (see faultapp).
+    """
+    suffix = uuid.uuid4().hex[:10]
+    schema = f"cdfault_{suffix}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    store_url = (
+        make_url(postgres_url)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+    full_env = dict(os.environ)
+    full_env.update(
+        {
+            "FAULT_BROKER_URL": broker_url or redis_url,
+            "FAULT_STORE_URL": store_url,
+            "FAULT_QUEUE": f"cdfault.tasks.{suffix}",
+            "FAULT_TRIGGER_QUEUE": f"cdfault.triggers.{suffix}",
+            "FAULT_MARKER_URL": redis_url,
+            "FAULT_PREFIX": f"cdfault-{suffix}",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(HERE), full_env.get("PYTHONPATH", "")) if p
+            ),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+    )
+    markers = redis.Redis.from_url(redis_url)
+    run = FaultRun(
+        scenario=scenario,
+        env=full_env,
+        logdir=logdir,
+        store=sa.create_engine(store_url, pool_pre_ping=True),
+        markers=markers,
+        prefix=full_env["FAULT_PREFIX"],
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "faultapp", "defer", "init-db"],
+            cwd=HERE,
+            env=full_env,
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        yield run
+    finally:
+        for supervisor in run._supervisors:
+            supervisor.set()
+        for role in sorted(run.processes, key=lambda r: r.startswith("worker")):
+            run.stop(role)
+        _drop_queues(run)
+        with contextlib.suppress(Exception):
+            keys = list(markers.scan_iter(match=f"{run.prefix}:*"))
+            if keys:
+                markers.delete(*keys)
+        markers.close()
+        run.store.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text("set lock_timeout = '10s'"))
+            conn.execute(sa.text(f'drop schema if exists "{schema}" cascade'))
+        admin.dispose()
+
+
+def _drop_queues(run: FaultRun) -> None:
+    app = Celery("faultcleanup", broker=run.env["FAULT_BROKER_URL"], set_as_current=False)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.default_channel
+            for queue in (run.env["FAULT_QUEUE"], run.env["FAULT_TRIGGER_QUEUE"]):
+                with contextlib.suppress(Exception):
+                    channel.queue_delete(queue)
+    except Exception:
+        pass
+    finally:
+        app.close()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, to restart without disturbing anyone else.
+
+    Like the machine's Redis it keeps nothing on disk, so a restart loses every message
+    queued in it: what celery-defer must survive is the harshest broker restart.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self, down_for: float = 2.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
