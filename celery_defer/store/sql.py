@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +27,6 @@ from sqlalchemy import (
     bindparam,
     column,
     delete,
-    exists,
     func,
     insert,
     inspect,
@@ -49,6 +47,7 @@ from celery_defer.store.base import Store
 from celery_defer.store.engine import chunks, create_store_engine, to_naive_utc, translated, utcnow
 from celery_defer.store.events import EventQueries
 from celery_defer.store.inspection import InspectionQueries
+from celery_defer.store.orders import ORDER_COLUMNS, order_of
 from celery_defer.store.records import (
     DEFERRED,
     FIRING,
@@ -61,6 +60,7 @@ from celery_defer.store.records import (
     StoredDeferral,
     TriggerOutcome,
 )
+from celery_defer.store.recovery import RecoveryQueries
 from celery_defer.store.rotation import RotationQueries
 from celery_defer.store.schema import (
     SCHEMA_VERSION,
@@ -73,16 +73,6 @@ from celery_defer.store.schema import (
 from celery_defer.store.triggerers import TriggererQueries
 
 logger = logging.getLogger(__name__)
-
-_ORDER_COLUMNS = (
-    deferrals.c.task_id,
-    deferrals.c.task_name,
-    deferrals.c.generation,
-    deferrals.c.method,
-    deferrals.c.kwargs,
-    deferrals.c.request,
-    deferrals.c.outcome,
-)
 
 
 def _postgresql_fire() -> Select[Any]:
@@ -113,7 +103,7 @@ def _postgresql_fire() -> Select[Any]:
             deferrals.c.task_id == locked.c.task_id, deferrals.c.trigger_id == pairs.c.trigger_id
         )
         .values(state=FIRING, outcome=pairs.c.outcome, trigger_id=None, updated_at=bindparam("now"))
-        .returning(*_ORDER_COLUMNS)
+        .returning(*ORDER_COLUMNS)
         .cte("fired")
     )
     gone = delete(triggers).where(triggers.c.id == any_(ids)).cte("gone")
@@ -168,19 +158,9 @@ def _postgresql_save() -> Any:
 _POSTGRESQL_SAVE = _postgresql_save()
 
 
-def _order(row: Any) -> ResumeOrder:
-    return ResumeOrder(
-        task_id=row.task_id,
-        task_name=row.task_name,
-        generation=row.generation,
-        method=row.method,
-        kwargs=row.kwargs,
-        request=row.request,
-        outcome=row.outcome,
-    )
-
-
-class SqlStore(TriggererQueries, EventQueries, InspectionQueries, RotationQueries, Store):
+class SqlStore(
+    TriggererQueries, EventQueries, InspectionQueries, RecoveryQueries, RotationQueries, Store
+):
     """A :class:`~celery_defer.store.base.Store` on any SQLAlchemy 2 database."""
 
     def __init__(self, url: str, *, create_schema: bool = True) -> None:
@@ -375,31 +355,20 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, RotationQuerie
                         "now": now,
                     },
                 )
-                return [_order(row) for row in rows]
+                return [order_of(row) for row in rows]
             # Locked in (trigger, task) order across chunks, so two triggerers
             # firing overlapping batches cannot deadlock.
             for ids in chunks(trigger_ids):
                 waiting = conn.execute(
                     select(
-                        *(c for c in _ORDER_COLUMNS if c is not deferrals.c.outcome),
+                        *(c for c in ORDER_COLUMNS if c is not deferrals.c.outcome),
                         deferrals.c.trigger_id,
                     )
                     .where(deferrals.c.trigger_id.in_(ids), deferrals.c.state == DEFERRED)
                     .order_by(deferrals.c.trigger_id, deferrals.c.task_id)
                     .with_for_update()
                 ).all()
-                orders.extend(
-                    ResumeOrder(
-                        task_id=r.task_id,
-                        task_name=r.task_name,
-                        generation=r.generation,
-                        method=r.method,
-                        kwargs=r.kwargs,
-                        request=r.request,
-                        outcome=by_trigger[r.trigger_id],
-                    )
-                    for r in waiting
-                )
+                orders.extend(order_of(r, by_trigger[r.trigger_id]) for r in waiting)
             if orders:
                 # One executemany (pipelined by psycopg), not one round trip per deferral.
                 conn.execute(
@@ -437,70 +406,6 @@ class SqlStore(TriggererQueries, EventQueries, InspectionQueries, RotationQuerie
                 .values(state=RESUMED, updated_at=now),
                 [{"b_task_id": o.task_id, "b_generation": o.generation} for o in orders],
             )
-
-    @translated
-    def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
-        moment = to_naive_utc(now)
-        with self._begin() as conn:
-            due = conn.execute(
-                select(*_ORDER_COLUMNS)
-                .where(deferrals.c.state == DEFERRED, deferrals.c.timeout_at < moment)
-                .order_by(deferrals.c.timeout_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if due:
-                conn.execute(
-                    update(deferrals)
-                    .where(
-                        deferrals.c.task_id == bindparam("b_task_id"),
-                        deferrals.c.state == DEFERRED,
-                    )
-                    .values(state=FIRING, outcome=outcome, trigger_id=None, updated_at=utcnow()),
-                    [{"b_task_id": row.task_id} for row in due],
-                )
-        return [
-            ResumeOrder(
-                task_id=r.task_id,
-                task_name=r.task_name,
-                generation=r.generation,
-                method=r.method,
-                kwargs=r.kwargs,
-                request=r.request,
-                outcome=outcome,
-            )
-            for r in due
-        ]
-
-    @translated
-    def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
-        moment = to_naive_utc(older_than)
-        with self._begin() as conn:
-            stuck = conn.execute(
-                select(*_ORDER_COLUMNS)
-                .where(deferrals.c.state == FIRING, deferrals.c.updated_at < moment)
-                .order_by(deferrals.c.updated_at)
-                .limit(limit)
-            ).all()
-        return [_order(r) for r in stuck]
-
-    @translated
-    def unclaimed_resumes(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
-        moment = to_naive_utc(older_than)
-        with self._begin() as conn:
-            waiting = conn.execute(
-                select(*_ORDER_COLUMNS)
-                .where(deferrals.c.state == RESUMED, deferrals.c.updated_at < moment)
-                .order_by(deferrals.c.updated_at)
-                .limit(limit)
-            ).all()
-        return [_order(r) for r in waiting]
-
-    @translated
-    def delete_unused_triggers(self) -> int:
-        needed = exists().where(deferrals.c.trigger_id == triggers.c.id)
-        with self._begin() as conn:
-            return int(conn.execute(delete(triggers).where(~needed)).rowcount)
 
     # -- inspection -------------------------------------------------------
 

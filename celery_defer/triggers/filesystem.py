@@ -35,7 +35,10 @@ class FileTrigger(BaseTrigger):
 
     The path is checked on the triggerer's machine, so it must be visible
     there. The payload is a dict: ``path`` (as given), ``size`` in bytes and
-    ``mtime`` (an aware UTC datetime). Any other error of ``stat()`` (say, a
+    ``mtime`` (an aware UTC datetime). It fires as soon as the path exists,
+    so a producer should write the file under another name and rename it
+    into place (atomic on one filesystem); a file written in place may be
+    seen before it is complete. Any other error of ``stat()`` (say, a
     permission denied) fails the waiting tasks with ``TriggerFailed``.
     """
 

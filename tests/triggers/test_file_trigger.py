@@ -118,7 +118,11 @@ def test_a_task_resumes_once_its_file_lands(live: Celery, tmp_path: Path) -> Non
     time.sleep(0.3)
     assert waiting.state == "DEFERRED"
     target.parent.mkdir()
-    target.write_text("ok")
+    # As a producer should: write beside it, then rename into place. A file written in
+    # place can be seen (and fire the trigger) after it is created and before it is written.
+    partial = target.with_name(".done.flag.partial")
+    partial.write_text("ok")
+    partial.replace(target)
     payload = waiting.get(timeout=10)
     assert (payload["path"], payload["size"]) == (str(target), 2)
 
