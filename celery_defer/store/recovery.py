@@ -57,27 +57,24 @@ class RecoveryQueries:
 
     @translated
     def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
-        moment = to_naive_utc(older_than)
-        with self._begin() as conn:
-            stuck = conn.execute(
-                select(*ORDER_COLUMNS)
-                .where(deferrals.c.state == FIRING, deferrals.c.updated_at < moment)
-                .order_by(deferrals.c.updated_at)
-                .limit(limit)
-            ).all()
-        return [order_of(r) for r in stuck]
+        return self._left_in(FIRING, older_than, limit)
 
     @translated
     def unclaimed_resumes(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
-        moment = to_naive_utc(older_than)
+        return self._left_in(RESUMED, older_than, limit)
+
+    def _left_in(self, state: str, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        """The oldest deferrals in ``state`` since before ``older_than``."""
         with self._begin() as conn:
-            waiting = conn.execute(
+            rows = conn.execute(
                 select(*ORDER_COLUMNS)
-                .where(deferrals.c.state == RESUMED, deferrals.c.updated_at < moment)
+                .where(
+                    deferrals.c.state == state, deferrals.c.updated_at < to_naive_utc(older_than)
+                )
                 .order_by(deferrals.c.updated_at)
                 .limit(limit)
             ).all()
-        return [order_of(r) for r in waiting]
+        return [order_of(r) for r in rows]
 
     @translated
     def delete_unused_triggers(self) -> int:

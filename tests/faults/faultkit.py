@@ -23,31 +23,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TypeVar
 
 import redis
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import make_url
+from waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
-T = TypeVar("T")
 
 START_TIMEOUT = 40.0
 
 #: Every tally made in this session, printed at the end by tests/faults/conftest.py.
 TALLIES: list[Tally] = []
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

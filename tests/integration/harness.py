@@ -20,12 +20,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
@@ -33,13 +32,12 @@ from celery.backends.database.models import ResultModelBase
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from sqlalchemy.engine import make_url
+from waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import proj  # noqa: E402 - the app module the subprocesses run, found next to this file
-
-T = TypeVar("T")
 
 # How long a process may take to start, and to stop after SIGTERM.
 START_TIMEOUT = 40.0
@@ -47,17 +45,6 @@ STOP_TIMEOUT = 15.0
 
 #: The worker options the first integration tests use: one thread, one slot.
 THREADS_WORKER = ("--pool", "threads", "--concurrency", "1")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def redis_db_url(base: str, db: int) -> str:
