@@ -41,10 +41,12 @@ class SweepReport:
     triggers_deleted: int
     #: External events older than ``defer_event_retention``, deleted.
     events_deleted: int = 0
+    #: Triggers owned by a triggerer no longer registered, handed back.
+    triggers_released: int = 0
 
 
 def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
-    """Fail timed-out deferrals, re-send stranded resumes, delete unused triggers and old events."""
+    """Fail timed-out deferrals, re-send stranded resumes, tidy triggers and old events."""
     store = store_for(app)
     settings = Settings.from_app(app)
     now = now or datetime.now(timezone.utc)
@@ -61,14 +63,16 @@ def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
     republished = len(stuck)
     _publish(app, stuck)
     deleted = store.delete_unused_triggers()
+    released = store.release_orphaned_triggers()
     events_deleted = _delete_expired_events(app, now)
     report = SweepReport(
         timed_out=timed_out,
         republished=republished,
         triggers_deleted=deleted,
         events_deleted=events_deleted,
+        triggers_released=released,
     )
-    if timed_out or republished or deleted or events_deleted:
+    if timed_out or republished or deleted or events_deleted or released:
         logger.info("sweep: %s", report, extra=asdict(report))
     return report
 

@@ -219,12 +219,7 @@ def worker_and_triggerer(app: Celery) -> Iterator[celery_defer.Triggerer]:
 
 
 def wait_running(triggerer: celery_defer.Triggerer, count: int) -> None:
-    """Wait until ``triggerer`` runs ``count`` triggers.
-
-    Before stopping a triggerer that may be claiming a new trigger: a claim still in flight
-    when it unregisters can leave that trigger owned by a triggerer that no longer exists
-    (a triggerer shutdown race, outside what these tests are about).
-    """
+    """Wait until ``triggerer`` runs ``count`` triggers (each phase starts from a known state)."""
     deadline = time.monotonic() + 10
     while triggerer.running_triggers != count:
         assert time.monotonic() < deadline, f"{triggerer.running_triggers} run, not {count}"

@@ -75,6 +75,18 @@ def test_unused_triggers_are_deleted(worker_app: Celery) -> None:
     assert sweep(worker_app).triggers_deleted == 1
 
 
+def test_triggers_of_a_triggerer_gone_for_good_are_handed_back(worker_app: Celery) -> None:
+    store = store_for(worker_app)
+    _, deferral = deferred_task(worker_app)
+    store.register_triggerer("gone", "host", 1, 10)
+    assert [c.id for c in store.claim_triggers("gone", 10, 30.0)] == [deferral.trigger_id]
+    assert sweep(worker_app).triggers_released == 0  # registered: its own
+    with store.engine.begin() as conn:  # reaped by a peer after that claim committed
+        conn.exec_driver_sql("DELETE FROM defer_triggerers WHERE id = 'gone'")
+    assert sweep(worker_app).triggers_released == 1
+    assert [c.id for c in store.claim_triggers("next", 10, 30.0)] == [deferral.trigger_id]
+
+
 def test_install_adds_the_beat_entry_after_configuration(store_url: str) -> None:
     app = Celery("beat_late", set_as_current=False)
     celery_defer.install(app)

@@ -122,6 +122,14 @@ class Store(abc.ABC):
         """Delete triggers no deferral waits on; returns how many."""
 
     @abc.abstractmethod
+    def release_orphaned_triggers(self) -> int:
+        """Hand back triggers owned by a triggerer that is no longer registered.
+
+        A claim that commits after its triggerer was reaped (declared dead)
+        leaves such rows; no heartbeat will ever expire them. Returns how many.
+        """
+
+    @abc.abstractmethod
     def get_deferral(self, task_id: str) -> DeferralInfo | None:
         """One deferral, or None."""
 

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, delete, exists, select, update
 from celery_defer.store.engine import to_naive_utc, translated, utcnow
 from celery_defer.store.orders import ORDER_COLUMNS, order_of
 from celery_defer.store.records import DEFERRED, FIRING, RESUMED, ResumeOrder
-from celery_defer.store.schema import deferrals, triggers
+from celery_defer.store.schema import deferrals, triggerers, triggers
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -81,3 +81,15 @@ class RecoveryQueries:
         needed = exists().where(deferrals.c.trigger_id == triggers.c.id)
         with self._begin() as conn:
             return int(conn.execute(delete(triggers).where(~needed)).rowcount)
+
+    @translated
+    def release_orphaned_triggers(self) -> int:
+        registered = exists().where(triggerers.c.id == triggers.c.triggerer_id)
+        with self._begin() as conn:
+            return int(
+                conn.execute(
+                    update(triggers)
+                    .where(triggers.c.triggerer_id.is_not(None), ~registered)
+                    .values(triggerer_id=None)
+                ).rowcount
+            )

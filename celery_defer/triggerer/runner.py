@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery_defer import encryption, resume
@@ -81,6 +81,9 @@ class TriggerRunner:
         self._unsent: list[ResumeOrder] = []
         self._unsent_ready = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # The claim transaction last submitted: cancelling the claim loop does not stop
+        # it, and a stop must let it commit before handing every owned trigger back.
+        self._claim: Future[list[ClaimedTrigger]] | None = None
         # Triggers this runner cancelled, to tell them from one raising CancelledError itself.
         self._cancelling: set[int] = set()
         self.registered: Callable[[], None] = lambda: None
@@ -124,6 +127,7 @@ class TriggerRunner:
             for task in side[2:]:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
+            await self._claim_settled()
             await self._flush()  # events that arrived before the stop
             await self._mark_published()
             released = await self._call(self.store.unregister_triggerer, self.triggerer_id)
@@ -194,12 +198,13 @@ class TriggerRunner:
         while (free := self.capacity - len(self.running)) > 0:
             limit = min(free, CLAIM_BATCH)
             try:
-                claimed = await self._call(
+                self._claim = self._db.submit(
                     self.store.claim_triggers,
                     self.triggerer_id,
                     limit,
                     self.settings.triggerer_health_timeout,
                 )
+                claimed = await asyncio.wrap_future(self._claim)
             except StoreError as exc:
                 logger.warning("claiming triggers failed: %s", exc)
                 return
@@ -211,6 +216,17 @@ class TriggerRunner:
                 self._unowned_left = False
                 return
         self._unowned_left = True
+
+    async def _claim_settled(self) -> None:
+        """Wait for a claim still in its transaction when the claim loop was cancelled.
+
+        Otherwise it could commit after :meth:`main` hands the triggers back,
+        leaving rows owned by a triggerer that no longer exists. What it
+        claimed is never started: the hand-back releases it with the rest.
+        """
+        if self._claim is not None and not self._claim.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wrap_future(self._claim)
 
     def _start(self, row: ClaimedTrigger) -> None:
         if row.id in self.running:

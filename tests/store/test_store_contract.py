@@ -427,6 +427,22 @@ def test_unregister_triggerer_releases_its_triggers(store: SqlStore):
     assert store.heartbeat("nobody") is False
 
 
+def test_triggers_of_an_unregistered_triggerer_are_released(store: SqlStore):
+    store.register_triggerer("alive", "host", 1, 10)
+    store.register_triggerer("reaped", "host", 2, 10)
+    kept = {store.save_deferral(deferral(f"k{i}")).trigger_id for i in range(2)}
+    assert {c.id for c in store.claim_triggers("alive", 10, HEALTH)} == kept
+    orphans = {store.save_deferral(deferral(f"o{i}")).trigger_id for i in range(3)}
+    assert {c.id for c in store.claim_triggers("reaped", 10, HEALTH)} == orphans
+    # Reaped (declared dead) by another triggerer after its last claim committed.
+    sql(store, sa.delete(triggerers).where(triggerers.c.id == "reaped"))
+    assert store.release_orphaned_triggers() == 3
+    assert store.held_trigger_ids("reaped") == set()
+    assert store.held_trigger_ids("alive") == kept
+    assert store.release_orphaned_triggers() == 0
+    assert {c.id for c in store.claim_triggers("alive", 10, HEALTH)} == orphans
+
+
 def test_release_triggers_releases_only_the_given_ids(store: SqlStore):
     t1, t2, t3 = (store.save_deferral(deferral(f"t{i}")).trigger_id for i in range(3))
     store.claim_triggers("a", 10, HEALTH)

@@ -175,6 +175,49 @@ def test_stop_cleans_up_and_hands_triggers_back(app: Celery) -> None:
     store.unregister_triggerer("another-triggerer")
 
 
+def test_a_stop_during_a_claim_hands_back_what_that_claim_takes(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim still committing when the triggerer stops must not outlive its hand-back.
+
+    The real claim is held back until the stop is under way: a triggerer that handed its
+    triggers back without waiting for it would leave them owned by a triggerer that no
+    longer exists, where no heartbeat ever expires them.
+    """
+    store = store_for(app)
+    real_claim = store.claim_triggers
+    armed, in_claim, go, claimed = (threading.Event() for _ in range(4))
+
+    def held_claim(*args: Any) -> Any:
+        if not armed.is_set():
+            return real_claim(*args)
+        in_claim.set()
+        go.wait(10)
+        try:
+            return real_claim(*args)
+        finally:
+            claimed.set()
+
+    monkeypatch.setattr(store, "claim_triggers", held_claim)
+    triggerer = Triggerer(app).start()
+    time.sleep(0.3)  # past its first claim
+    armed.set()
+    result = wait_on(app).delay("forever", "claim-during-stop")
+    assert in_claim.wait(10), "the new-trigger notice never led to a claim"
+    stopper = threading.Thread(target=triggerer.stop)
+    stopper.start()
+    time.sleep(0.5)  # the stop is under way while the claim waits
+    go.set()
+    stopper.join(20)
+    assert not stopper.is_alive()
+    assert claimed.wait(10)
+    trigger_id = store.get_deferral(result.id).trigger_id
+    assert trigger_id not in store.held_trigger_ids(triggerer.id)
+    taken = store.claim_triggers("another-triggerer", 100, 30.0)
+    assert trigger_id in {t.id for t in taken}
+    store.unregister_triggerer("another-triggerer")
+
+
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
