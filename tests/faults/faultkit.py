@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -110,14 +109,15 @@ class FaultRun:
         )
         self.wait_for_log(role, "ready.")
 
-    def supervise_worker(self, role: str = "worker") -> Callable[[], int]:
+    def supervise_worker(self, role: str = "worker", *options: str) -> Callable[[], int]:
         """Start a worker again whenever it exits, as systemd's ``Restart=always`` would.
 
         For a Redis restart: kombu's Redis transport can crash the worker while it
         restores unacked messages over the lost connection ("Unrecoverable error:
         AttributeError: 'NoneType' object has no attribute 'hostname'", kombu #582,
-        celery #10205), which no celery-defer code runs in. Returns a function giving
-        the number of restarts so far.
+        celery #10205), which no celery-defer code runs in. ``options`` are the
+        worker's (as given to :meth:`start_worker`). Returns a function giving the
+        number of restarts so far.
         """
         restarts: list[str] = []
         stop = threading.Event()
@@ -128,7 +128,7 @@ class FaultRun:
                 if process is None or process.poll() is None:
                     continue
                 restarts.append(role)
-                self.start_worker(role)
+                self.start_worker(role, *options)
 
         thread = threading.Thread(target=watch, name=f"supervise-{role}", daemon=True)
         thread.start()
@@ -359,61 +359,3 @@ def _drop_queues(run: FaultRun) -> None:
         pass
     finally:
         app.close()
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, to restart without disturbing anyone else.
-
-    Like the machine's Redis it keeps nothing on disk, so a restart loses every message
-    queued in it: what celery-defer must survive is the harshest broker restart.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def restart(self, down_for: float = 2.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False

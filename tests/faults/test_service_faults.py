@@ -1,9 +1,12 @@
-"""Fault tests: PostgreSQL and the Redis broker restarted mid-run, and a worker killed
-while it runs resumed methods; 1,000 tasks each, every one must resume exactly once.
+"""Fault tests: PostgreSQL, a Redis broker and a RabbitMQ broker restarted mid-run, and a
+worker killed while it runs resumed methods; 1,000 tasks each, every one must resume
+exactly once.
 
-The broker that restarts is a redis-server of the test's own (it keeps nothing on disk,
-so the restart loses every queued message); PostgreSQL is the machine's, restarted by the
-command in ``CELERY_DEFER_TEST_POSTGRES_RESTART`` (CI sets it; unset, that test skips).
+The brokers that restart are servers of the test's own (tests/faults/servers.py): the
+redis-server keeps nothing on disk, so its restart loses every queued message; the
+RabbitMQ node keeps durable queues and persistent messages. PostgreSQL is the machine's,
+restarted by the command in ``CELERY_DEFER_TEST_POSTGRES_RESTART`` (CI sets it; unset,
+that test skips).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from faultkit import FaultRun, PrivateRedis, fault_run, wait_until
+from faultkit import FaultRun, fault_run
+from servers import PrivateRabbitMQ, PrivateRedis
+from waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -36,6 +41,18 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH")
     server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
+    if not PrivateRabbitMQ.available():
+        pytest.skip("RabbitMQ's node script is not in /usr/lib/rabbitmq/bin (Debian's package)")
+    server = PrivateRabbitMQ(tmp_path / "rabbitmq")
     server.start()
     try:
         yield server
@@ -87,6 +104,35 @@ def test_redis_broker_restarted_mid_run(
         run.wait_deferred()
         wait_until(lambda: done_count(run) >= 100, 60, "the first resumes")
         private_redis.restart(down_for=2.0)
+        assert done_count(run) < TASKS, "the restart came too late to test anything"
+        run.wait_all_done(timeout=150)
+        assert "triggerer" in run.processes and run.processes["triggerer"].poll() is None
+        assert_exactly_once(run, note=f"worker restarted by its supervisor {worker_restarts()}x")
+
+
+@pytest.mark.timeout(300)
+def test_rabbitmq_broker_restarted_mid_run(
+    postgres_url: str, redis_url: str, private_rabbitmq: PrivateRabbitMQ, tmp_path: Path
+) -> None:
+    with fault_run(
+        "rabbitmq_broker_restarted_mid_run",
+        postgres_url=postgres_url,
+        redis_url=redis_url,
+        broker_url=private_rabbitmq.url,
+        logdir=tmp_path,
+        FAULT_REPUBLISH_AFTER="5",
+    ) as run:
+        # Prefork, Celery's default pool: with the threads pool, py-amqp's connection can
+        # lose frame sync on a reconnect and the worker stops consuming (celery #1779).
+        prefork = ("--pool", "prefork", "--concurrency", "4")
+        run.start_worker("worker", *prefork)
+        worker_restarts = run.supervise_worker("worker", *prefork)
+        run.start_beat()
+        run.start_triggerer()
+        run.send(TASKS, after=15, spread=10)
+        run.wait_deferred()
+        wait_until(lambda: done_count(run) >= 100, 60, "the first resumes")
+        private_rabbitmq.restart(down_for=2.0)
         assert done_count(run) < TASKS, "the restart came too late to test anything"
         run.wait_all_done(timeout=150)
         assert "triggerer" in run.processes and run.processes["triggerer"].poll() is None
