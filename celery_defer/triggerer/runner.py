@@ -12,7 +12,8 @@ O(held) step (reconciling with the store) runs once per health timeout.
 Store writes are batched: a claim takes up to CLAIM_BATCH triggers and
 notices arriving together share it; one transaction stores every outcome
 that arrived while the previous one ran; published resumes are recorded in
-one transaction per MARK_INTERVAL, off the path from event to resume.
+one transaction per MARK_INTERVAL, off the path from event to resume
+(:mod:`celery_defer.triggerer.firing`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celery_defer import encryption, resume
 from celery_defer.exceptions import SerializationError, StoreError, TriggerFailed
 from celery_defer.settings import Settings
-from celery_defer.store import ClaimedTrigger, ResumeOrder, Store, TriggerOutcome
+from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
+from celery_defer.triggerer.firing import ResumePipeline
 from celery_defer.triggerer.metrics import TriggererMetrics
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.execution import describe, first_event
@@ -47,11 +49,6 @@ CLAIM_BATCH = 1000
 #: notices costs one transaction, not one each.
 CLAIM_INTERVAL = 0.01
 
-#: Published resumes are recorded as such in one transaction per this many
-#: seconds. It is bookkeeping off the critical path: the sweep re-sends a row
-#: still 'firing' only after the health timeout, and workers accept either state.
-MARK_INTERVAL = 0.1
-
 
 class TriggerRunner:
     """Runs up to ``capacity`` triggers on the current event loop until stopped."""
@@ -67,19 +64,12 @@ class TriggerRunner:
         self.host = host
         self.pid = pid
         self.running: dict[int, asyncio.Task[None]] = {}
-        self._outcomes: list[TriggerOutcome] = []
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-defer-db")
         # Since Python 3.10 these bind to the loop on first use, not here.
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._outcome_ready = asyncio.Event()
         # Whether the last claim stopped at capacity, leaving triggers behind.
         self._unowned_left = True
-        self._published: list[ResumeOrder] = []
-        self._published_ready = asyncio.Event()
-        # Resumes stored as fired whose publish found the broker away.
-        self._unsent: list[ResumeOrder] = []
-        self._unsent_ready = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
         # The claim transaction last submitted: cancelling the claim loop does not stop
         # it, and a stop must let it commit before handing every owned trigger back.
@@ -88,6 +78,7 @@ class TriggerRunner:
         self._cancelling: set[int] = set()
         self.registered: Callable[[], None] = lambda: None
         self.metrics = TriggererMetrics()
+        self._resumes = ResumePipeline(app, store, self._call, self._sleep, self._stop.is_set)
 
     # -- control, callable from the loop thread ----------------------------
 
@@ -116,9 +107,9 @@ class TriggerRunner:
             side = [
                 asyncio.create_task(self._claim_loop(), name="claim"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                asyncio.create_task(self._fire_loop(), name="fire"),
-                asyncio.create_task(self._mark_loop(), name="mark-resumed"),
-                asyncio.create_task(self._republish_loop(), name="republish"),
+                asyncio.create_task(self._resumes.fire_loop(), name="fire"),
+                asyncio.create_task(self._resumes.mark_loop(), name="mark-resumed"),
+                asyncio.create_task(self._resumes.republish_loop(), name="republish"),
             ]
             await self._stop.wait()
             for task in side[:2]:
@@ -128,8 +119,8 @@ class TriggerRunner:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             await self._claim_settled()
-            await self._flush()  # events that arrived before the stop
-            await self._mark_published()
+            await self._resumes.flush()  # events that arrived before the stop
+            await self._resumes.mark_published()
             released = await self._call(self.store.unregister_triggerer, self.triggerer_id)
             logger.info(
                 "triggerer %s stopped; handed back %d triggers",
@@ -240,7 +231,7 @@ class TriggerRunner:
             message = f"trigger {row.classpath} could not be rebuilt: {exc}"
             logger.error(message, extra={"trigger_id": row.id, "trigger": row.classpath})
             self.metrics.failed.inc()
-            self._submit(TriggerOutcome(row.id, resume.error_outcome("failed", message)))
+            self._resumes.submit(TriggerOutcome(row.id, resume.error_outcome("failed", message)))
             return
         logger.debug(
             "running trigger %s: %r",
@@ -282,7 +273,7 @@ class TriggerRunner:
             self._cancelling.discard(trigger_id)
             if self._unowned_left:
                 self._wake.set()  # a slot is free and a trigger may be waiting for one
-        self._submit(TriggerOutcome(trigger_id, outcome))
+        self._resumes.submit(TriggerOutcome(trigger_id, outcome))
 
     async def _first_event(self, trigger_id: int, trigger: BaseTrigger) -> TriggerEvent:
         """:func:`first_event`, failing a trigger that raises CancelledError of its own.
@@ -309,89 +300,6 @@ class TriggerRunner:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=30)
-
-    # -- firing -----------------------------------------------------------
-
-    def _submit(self, outcome: TriggerOutcome) -> None:
-        self._outcomes.append(outcome)
-        self._outcome_ready.set()
-
-    async def _fire_loop(self) -> None:
-        while True:
-            await self._outcome_ready.wait()
-            self._outcome_ready.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Store every pending outcome in one transaction, then publish the resumes."""
-        backoff = 0.2
-        while self._outcomes:
-            batch, self._outcomes = self._outcomes, []
-            try:
-                orders = await self._call(self.store.fire, batch)
-            except StoreError as exc:
-                self._outcomes[:0] = batch  # keep them: nothing may be lost
-                logger.warning(
-                    "storing %d trigger events failed (%s); retrying in %.1fs",
-                    len(batch),
-                    exc,
-                    backoff,
-                )
-                if self._stop.is_set():
-                    return  # unreleased triggers are re-run by the next triggerer
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            await self._publish(orders)
-
-    async def _publish(self, orders: list[ResumeOrder]) -> bool:
-        """Publish resumes; keep those the broker was away for. True if all went."""
-        sent, unsent = await self._call(resume.publish_until_unreachable, self.app, orders)
-        if sent:
-            self._published.extend(sent)
-            self._published_ready.set()
-        if unsent:
-            self._unsent.extend(unsent)
-            self._unsent_ready.set()
-        return not unsent
-
-    async def _republish_loop(self) -> None:
-        """Publish again, with backoff, the resumes the broker was away for.
-
-        They are stored as fired (``firing``), so if this triggerer dies
-        first, the sweep sends them; a copy sent by both is dropped by the
-        worker as a duplicate.
-        """
-        backoff = 0.5
-        while True:
-            await self._unsent_ready.wait()
-            await asyncio.sleep(backoff)
-            self._unsent_ready.clear()
-            batch, self._unsent = self._unsent, []
-            if await self._publish(batch):
-                backoff = 0.5
-                logger.info("broker back: published %d held resumes", len(batch))
-            else:
-                backoff = min(backoff * 2, 30.0)
-
-    async def _mark_loop(self) -> None:
-        while True:
-            await self._published_ready.wait()
-            await asyncio.sleep(MARK_INTERVAL)  # let more resumes join the transaction
-            self._published_ready.clear()
-            await self._mark_published()
-
-    async def _mark_published(self) -> None:
-        batch, self._published = self._published, []
-        if not batch:
-            return
-        try:
-            await self._call(self.store.mark_resumed, batch)
-        except StoreError as exc:
-            # Harmless: the rows stay 'firing', the worker accepts the
-            # resume from that state, the sweep may send it again, and the
-            # worker drops the duplicate.
-            logger.warning("recording %d published resumes failed: %s", len(batch), exc)
 
     # -- revocation ---------------------------------------------------------
 
