@@ -7,7 +7,6 @@ tests/integration/test_canvas_real.py; these are the fast versions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections import Counter
@@ -195,25 +194,29 @@ def test_ignore_result_survives_the_deferral(canvas: Any) -> None:
 def test_events_deferred_then_resumed_then_one_success(canvas: Any) -> None:
     app, t = canvas
     seen: list[tuple[str, str]] = []
-    stop = threading.Event()
+    ready = threading.Event()
+    receivers: list[Any] = []
 
     def listen() -> None:
+        # One consumer for the whole test: on RabbitMQ the event queue is deleted with its
+        # last consumer, so capturing in short rounds would drop events between rounds.
         with app.connection_for_read() as conn:
             receiver = app.events.Receiver(
                 conn, handlers={"*": lambda e: seen.append((e["type"], e.get("uuid", "")))}
             )
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):  # no event within the 0.2 s
-                    receiver.capture(limit=None, timeout=0.2, wakeup=False)
+            receiver.on_consume_ready = lambda *_, **__: ready.set()
+            receivers.append(receiver)
+            receiver.capture(limit=None, timeout=None, wakeup=False)
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(0.3)
+    assert ready.wait(10), "the event receiver never started consuming"
     result = t["times10"].delay(4)
     assert result.get(timeout=10) == 40
     eventually(lambda: ("task-succeeded", result.id) in seen)
     time.sleep(0.2)
-    stop.set()
+    receivers[0].should_stop = True
+    listener.join(5)
     mine = [kind for kind, uuid in seen if uuid == result.id]
     assert "task-deferred" in mine and "task-resumed" in mine
     assert mine.index("task-deferred") < mine.index("task-resumed")
