@@ -21,8 +21,9 @@ import signal
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery_defer.exceptions import CeleryDeferError, ConfigurationError
 from celery_defer.external_events import event_hint_listener
@@ -102,17 +103,22 @@ class Triggerer:
         )
         runner.registered = self._ready.set
 
+        def to_loop(callback: Callable[..., None], *args: Any) -> None:
+            """Hand a listener's message to the loop; one arriving after the stop is dropped."""
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to wake
+                loop.call_soon_threadsafe(callback, *args)
+
         def on_notice() -> None:
-            loop.call_soon_threadsafe(runner.wake)
+            to_loop(runner.wake)
 
         def on_revoke(task_ids: list[str]) -> None:
-            loop.call_soon_threadsafe(runner.revoke, task_ids)
+            to_loop(runner.revoke, task_ids)
 
         # What TaskResultTrigger and ExternalEventTrigger wait through.
         runtime = TriggererRuntime(self.app, runner.store)
 
         def on_event_hint(key: str) -> None:
-            loop.call_soon_threadsafe(runtime.hint, key)
+            to_loop(runtime.hint, key)
 
         listeners = [
             notice_listener(self.app, on_notice),

@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,10 @@ def test_the_parent_frees_its_worker_slot_while_the_child_runs(app: Celery) -> N
     assert [p.get(timeout=20)["result"] for p in parents] == list(range(6))
 
 
+# Celery before 5.7 delivers about 8 tasks a second from the memory transport to a threads
+# pool (200 no-op tasks take ~25 s with Celery 5.6 here, 0.2 s with 5.7): hence the time
+# this test allows itself, never needed on Celery 5.7.
+@pytest.mark.timeout(240)
 def test_two_hundred_waits_are_served_by_one_batched_watcher(
     live: tuple[Celery, Triggerer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,18 +226,23 @@ def test_two_hundred_waits_are_served_by_one_batched_watcher(
     monkeypatch.setattr(CacheBackend, "mget", counting_mget)
     children = [str(uuid.uuid4()) for _ in range(200)]  # not run yet: stored below
     waits = [app.tasks["t.wait_for"].delay(child) for child in children]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 90
     while triggerer.running_triggers < len(waits):
-        assert time.monotonic() < deadline, "the triggerer never ran every trigger"
+        assert time.monotonic() < deadline, (
+            f"the triggerer runs {triggerer.running_triggers} of {len(waits)} triggers; "
+            f"task states {Counter(w.state for w in waits)}"
+        )
         time.sleep(0.05)
-    time.sleep(0.5)  # every trigger is now watched: looked up a few times each
+    time.sleep(0.5)  # every trigger is now watched
+    watched = len(batches)
+    time.sleep(1.0)
+    # 200 triggers each polling every 0.2 s would make ~1,000 lookups a second; one
+    # watcher makes about 5 rounds, each covering every waiting id.
+    rounds = batches[watched:]
+    assert 0 < len(rounds) <= 10 and set(rounds) == {200}, rounds
     for number, child in enumerate(children):
         app.backend.mark_as_done(child, number)
-    assert [w.get(timeout=20) for w in waits] == list(range(200))
-    # 200 triggers each polled every 0.2 s for some seconds would be thousands of
-    # lookups; one watcher makes a few rounds, most of them covering every waiting id.
-    assert len(batches) < 60, batches
-    assert max(batches) == 200, batches
+    assert [w.get(timeout=90) for w in waits] == list(range(200))
 
 
 # -- eager mode ---------------------------------------------------------------------------------
