@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from faultkit import FaultRun, fault_run
@@ -83,60 +84,77 @@ def test_postgres_restarted_mid_run(
         assert_exactly_once(run)
 
 
-@pytest.mark.timeout(300)
-def test_redis_broker_restarted_mid_run(
-    postgres_url: str, redis_url: str, private_redis: PrivateRedis, tmp_path: Path
+class RestartableBroker(Protocol):
+    url: str
+
+    def restart(self, down_for: float = 2.0) -> None: ...
+
+
+def restart_broker_mid_run(
+    scenario: str,
+    broker: RestartableBroker,
+    worker_options: tuple[str, ...],
+    *,
+    postgres_url: str,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
+    """Restart ``broker`` while triggers fire and methods resume; all must resume once."""
     with fault_run(
-        "redis_broker_restarted_mid_run",
+        scenario,
         postgres_url=postgres_url,
         redis_url=redis_url,
-        broker_url=private_redis.url,
+        broker_url=broker.url,
         logdir=tmp_path,
-        # The restart loses the queued resumes: the sweep sends them again after 5 s.
+        # A resume whose message the restart lost is sent again by the sweep after 5 s.
         FAULT_REPUBLISH_AFTER="5",
     ) as run:
-        run.start_worker()
-        worker_restarts = run.supervise_worker()
+        run.start_worker("worker", *worker_options)
+        worker_restarts = run.supervise_worker("worker", *worker_options)
         run.start_beat()
         run.start_triggerer()
         run.send(TASKS, after=15, spread=10)
         run.wait_deferred()
         wait_until(lambda: done_count(run) >= 100, 60, "the first resumes")
-        private_redis.restart(down_for=2.0)
+        broker.restart(down_for=2.0)
         assert done_count(run) < TASKS, "the restart came too late to test anything"
         run.wait_all_done(timeout=150)
         assert "triggerer" in run.processes and run.processes["triggerer"].poll() is None
         assert_exactly_once(run, note=f"worker restarted by its supervisor {worker_restarts()}x")
+
+
+@pytest.mark.timeout(300)
+def test_redis_broker_restarted_mid_run(
+    postgres_url: str, redis_url: str, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """The restart loses every queued message (no persistence)."""
+    restart_broker_mid_run(
+        "redis_broker_restarted_mid_run",
+        private_redis,
+        ("--pool", "threads", "--concurrency", "8"),
+        postgres_url=postgres_url,
+        redis_url=redis_url,
+        tmp_path=tmp_path,
+    )
 
 
 @pytest.mark.timeout(300)
 def test_rabbitmq_broker_restarted_mid_run(
     postgres_url: str, redis_url: str, private_rabbitmq: PrivateRabbitMQ, tmp_path: Path
 ) -> None:
-    with fault_run(
+    """Durable queues and persistent messages outlive the restart.
+
+    Prefork, Celery's default pool: with the threads pool, py-amqp's connection can lose
+    frame sync on a reconnect and the worker stops consuming (celery #1779).
+    """
+    restart_broker_mid_run(
         "rabbitmq_broker_restarted_mid_run",
+        private_rabbitmq,
+        ("--pool", "prefork", "--concurrency", "4"),
         postgres_url=postgres_url,
         redis_url=redis_url,
-        broker_url=private_rabbitmq.url,
-        logdir=tmp_path,
-        FAULT_REPUBLISH_AFTER="5",
-    ) as run:
-        # Prefork, Celery's default pool: with the threads pool, py-amqp's connection can
-        # lose frame sync on a reconnect and the worker stops consuming (celery #1779).
-        prefork = ("--pool", "prefork", "--concurrency", "4")
-        run.start_worker("worker", *prefork)
-        worker_restarts = run.supervise_worker("worker", *prefork)
-        run.start_beat()
-        run.start_triggerer()
-        run.send(TASKS, after=15, spread=10)
-        run.wait_deferred()
-        wait_until(lambda: done_count(run) >= 100, 60, "the first resumes")
-        private_rabbitmq.restart(down_for=2.0)
-        assert done_count(run) < TASKS, "the restart came too late to test anything"
-        run.wait_all_done(timeout=150)
-        assert "triggerer" in run.processes and run.processes["triggerer"].poll() is None
-        assert_exactly_once(run, note=f"worker restarted by its supervisor {worker_restarts()}x")
+        tmp_path=tmp_path,
+    )
 
 
 @pytest.mark.timeout(300)
