@@ -108,4 +108,5 @@ def test_install_on_a_configured_app(store_url: str) -> None:
         "republished": 0,
         "triggers_deleted": 0,
         "events_deleted": 0,
+        "triggers_released": 0,
     }
