@@ -8,8 +8,11 @@ at defer time and handed back to ``send_task`` at resume time, so the resumed
 execution is the same Celery task that deferred.
 
 The snapshot holds users' signatures (chain, callbacks) with their
-arguments, so it is serialized with the app's own task serializer, exactly as
-Celery would put it in a message.
+arguments. It is stored as our typed JSON (:mod:`celery_defer.serialization`),
+never with a serializer the stored text names: a row is data an attacker with
+database access may have written, and a row that could say
+``application/x-python-serialize`` would be unpickled (code execution). The
+same typed JSON is the only decoder on the way back, whatever the row claims.
 
 What the resumed worker needs to know travels in one message header,
 :data:`RESUME_HEADER`: the method to call, the deferral's generation (the
@@ -18,7 +21,6 @@ worker drops a resume whose generation is stale), and the trigger's outcome.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Sequence
@@ -27,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery._state import task_join_will_block
 from kombu.exceptions import OperationalError
-from kombu.serialization import dumps as kombu_dumps
-from kombu.serialization import loads as kombu_loads
+from kombu.utils import json as kombu_json
 
 from celery_defer import serialization
 from celery_defer.store.records import ResumeOrder
@@ -93,27 +94,70 @@ def snapshot_request(task: Task, request: Context, deadline_at: datetime | None 
         options["exchange"] = exchange
         options["routing_key"] = routing_key
     options = {key: value for key, value in options.items() if value is not None}
-    serializer = task.serializer or task.app.conf.task_serializer
-    content_type, encoding, body = kombu_dumps(options, serializer=serializer)
-    if isinstance(body, bytes):
-        body, encoding_tag = base64.b64encode(body).decode("ascii"), "base64"
-    else:
-        encoding_tag = "text"
-    return json.dumps(
-        {"content_type": content_type, "encoding": encoding, "body": body, "wrap": encoding_tag}
-    )
+    return serialization.dumps(options, where="request (chain, callbacks and headers)")
+
+
+#: The options a snapshot may hold: what ``Context.as_execution_options`` gives (celery/app/
+#: task.py) plus routing and priority. Anything else in a row (``args``, ``task_id``,
+#: ``serializer``...) would change what the resume runs or how it is sent: refused.
+_SEND_OPTIONS = frozenset(
+    {
+        "root_id", "parent_id", "group_id", "group_index", "shadow", "chord", "chain", "link",
+        "link_error", "expires", "soft_time_limit", "time_limit", "headers", "retries",
+        "reply_to", "replaced_task_nesting", "origin", "stamped_headers", "ignore_result",
+        "priority", "queue", "exchange", "routing_key",
+    }
+)  # fmt: skip
+
+#: ``send_task``'s own parameters, which no stamp may be named after.
+_SEND_TASK_OWN = frozenset(
+    {
+        "name", "args", "kwargs", "countdown", "eta", "task_id", "producer", "connection",
+        "router", "result_cls", "add_to_parent", "serializer", "compression", "content_type",
+        "content_encoding", "retry", "retry_policy", "declare", "publisher", "exchange_type",
+    }
+)  # fmt: skip
+
+#: The keys of a snapshot written before 0.2 (kombu-serialized options in a JSON envelope).
+_LEGACY_ENVELOPE = {"content_type", "encoding", "body", "wrap"}
 
 
 def restore_request(snapshot: str) -> dict[str, Any]:
-    """The ``send_task`` options a :func:`snapshot_request` text stands for."""
-    data = json.loads(snapshot)
-    body: str | bytes = data["body"]
-    if data["wrap"] == "base64":
-        body = base64.b64decode(body)
-    options: dict[str, Any] = kombu_loads(
-        body, data["content_type"], data["encoding"], accept={data["content_type"]}
-    )
-    return options
+    """The ``send_task`` options a :func:`snapshot_request` text stands for.
+
+    Decoded with typed JSON only. A snapshot of an older release (an
+    envelope naming a kombu content type) is read only when it says
+    ``application/json`` as text, with kombu's JSON decoder (which knows a
+    fixed set of value types and runs no code); any other content type is
+    refused, never handed to the serializer it names.
+    """
+    data = serialization.loads(snapshot, where="request")
+    if isinstance(data, dict) and set(data) == _LEGACY_ENVELOPE:
+        data = _legacy_options(data)
+    if not isinstance(data, dict):
+        raise TypeError(f"a snapshot must be an object of send options, not {type(data).__name__}")
+    stamps = data.get("stamped_headers") or []
+    if not (isinstance(stamps, list) and all(isinstance(name, str) for name in stamps)):
+        raise TypeError(f"stamped_headers must be a list of names, not {stamps!r}")
+    unknown = sorted(set(data) - _SEND_OPTIONS - (set(stamps) - _SEND_TASK_OWN))
+    if unknown:
+        raise ValueError(f"unexpected send options {unknown} (a snapshot never holds them)")
+    if not isinstance(data.get("headers", {}), dict):
+        raise TypeError("headers must be an object")
+    return data
+
+
+def _legacy_options(envelope: dict[str, Any]) -> Any:
+    content_type = envelope["content_type"]
+    if content_type != "application/json" or envelope["wrap"] != "text":
+        raise ValueError(
+            f"refused request snapshot with content type {content_type!r}: "
+            "only JSON is ever decoded from the store"
+        )
+    body = envelope["body"]
+    if not isinstance(body, str):
+        raise TypeError("the snapshot body is not text")
+    return kombu_json.loads(body)
 
 
 def event_outcome(payload: Any) -> str:

@@ -10,7 +10,10 @@ never called: that check is a security boundary.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import pickle
 from typing import Any
 
 import pytest
@@ -21,6 +24,25 @@ from celery_defer import InvalidDeferral, TriggerFailed
 from celery_defer.exceptions import SerializationError, StoreError
 
 KIT = "bad_input.kit"
+
+
+class _Payload:
+    """Unpickling this calls ``EXECUTED.append``: the proof a pickle was decoded."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (exec, ("import bad_input.kit; bad_input.kit.EXECUTED.append('unpickled')",))
+
+
+#: A request snapshot in the envelope of releases before 0.2, naming pickle as its content
+#: type: an attacker with write access to the store writes this to run code in the triggerer.
+PICKLED_SNAPSHOT = json.dumps(
+    {
+        "content_type": "application/x-python-serialize",
+        "encoding": "binary",
+        "body": base64.b64encode(pickle.dumps(_Payload())).decode("ascii"),
+        "wrap": "base64",
+    }
+)
 
 # -- damaged trigger rows: the triggerer cannot rebuild the trigger --------------------------
 
@@ -104,12 +126,38 @@ DAMAGED_DEFERRALS: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "stored-request-corrupt": (
         {"request": '{"content_type": "application/json", "body": '},
         StoreError,
-        r"is corrupt \(request: JSONDecodeError\(.*\)\): it cannot be resumed$",
+        r"is corrupt \(request: SerializationError\('request: corrupt JSON: .*'\)\): "
+        r"it cannot be resumed$",
     ),
-    "stored-request-missing-fields": (
-        {"request": "{}"},
+    "stored-request-not-an-object": (
+        {"request": "[1]"},
         StoreError,
-        r"is corrupt \(request: KeyError\('body'\)\): it cannot be resumed$",
+        r"is corrupt \(request: TypeError\('a snapshot must be an object of send options, "
+        r"not list'\)\)",
+    ),
+    "stored-request-injects-args": (
+        {"request": '{"args": [1], "task_id": "other"}'},
+        StoreError,
+        r"is corrupt \(request: ValueError\(\"unexpected send options \['args', 'task_id'\] ",
+    ),
+    "stored-request-stamp-named-like-a-send-option": (
+        {"request": '{"stamped_headers": ["serializer"], "serializer": "pickle"}'},
+        StoreError,
+        r"is corrupt \(request: ValueError\(\"unexpected send options \['serializer'\] ",
+    ),
+    "stored-request-names-pickle": (
+        {"request": PICKLED_SNAPSHOT},
+        StoreError,
+        r"is corrupt \(request: ValueError\(\"refused request snapshot with content type "
+        r"'application/x-python-serialize': only JSON is ever decoded from the store\"\)\)",
+    ),
+    "stored-request-legacy-envelope-missing-nothing-but-wrong-wrap": (
+        {
+            "request": '{"content_type": "application/json", "encoding": "utf-8", '
+            '"body": "e30=", "wrap": "base64"}'
+        },
+        StoreError,
+        r"refused request snapshot with content type 'application/json'",
     ),
     "stored-method-renamed-since": (
         {"method": "finish_v1"},
@@ -138,6 +186,7 @@ def test_a_damaged_deferral_fails_its_task_only(live: Live, case: str) -> None:
         assert bad.state == "FAILURE"
         assert live.store.get_deferral(bad.id) is None  # forgotten, not re-sent forever
         assert_untouched(live, triggerer, before)
+    assert EXECUTED == []  # no stored row chose a decoder that ran code
 
 
 def test_an_unknown_task_name_fails_as_celery_fails_unknown_tasks(
