@@ -344,14 +344,14 @@ class Run:
         """
         from celery.app.task import Context
 
-        from celery_defer import resume, serialization
+        from celery_defer import serialization, wire
         from celery_defer.store.schema import deferrals, triggers
         from celery_defer.triggers import DateTimeTrigger
 
         # The module's own app has the tasks registered; only their serializer
         # settings matter to the snapshot, and those are the same everywhere.
         task = benchapp.app.tasks[task_name]
-        snapshot = resume.snapshot_request(
+        snapshot = wire.snapshot_request(
             task,
             Context(
                 id="x",

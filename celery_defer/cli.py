@@ -17,9 +17,9 @@ from celery.bin.base import LOG_LEVEL, CeleryCommand, CeleryOption, handle_prelo
 
 from celery_defer import encryption
 from celery_defer.cli_inspect import COMMANDS as INSPECTION_COMMANDS
+from celery_defer.codec import codec_for
 from celery_defer.exceptions import CeleryDeferError, EncryptionError
 from celery_defer.external_events import send_event
-from celery_defer.settings import Settings
 from celery_defer.store import store_for
 from celery_defer.store.schema import SCHEMA_VERSION
 from celery_defer.triggerer import Triggerer
@@ -145,7 +145,7 @@ def rotate_keys(ctx: click.Context, seal_clear: bool, batch_size: int) -> None:
     """
     app = ctx.obj.app
     try:
-        keyring = Settings.from_app(app).keyring
+        keyring = codec_for(app).keyring
     except CeleryDeferError as exc:
         raise click.ClickException(str(exc)) from exc
     if keyring is None:

@@ -20,6 +20,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from celery_defer import encryption, serialization
+from celery_defer.codec import codec_for
 from celery_defer.exceptions import CeleryDeferError
 from celery_defer.settings import Settings
 from celery_defer.store import RUNNING, Store, store_for
@@ -97,6 +98,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _store(ctx: click.Context) -> tuple[Celery, Store]:
     app: Celery = ctx.obj.app
     try:
+        codec_for(app)  # a bad defer_encryption_keys fails every command, before any output
         return app, store_for(app)
     except CeleryDeferError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -13,7 +13,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from celery_defer.encryption import Keyring, keyring_from_setting
 from celery_defer.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -55,9 +54,10 @@ class Settings:
     #: Seconds a published resume may wait unclaimed before the sweep publishes it
     #: again (its message may be lost with a broker that restarted without persistence).
     resume_republish_after: float
-    #: The Fernet keys of ``defer_encryption_keys`` (None: stored values stay in clear).
+    #: ``defer_encryption_keys`` as configured (None: stored values stay in clear); the
+    #: codec (:func:`celery_defer.codec.codec_for`) checks them and builds the keyring.
     #: Kept out of the repr and of comparisons: a logged Settings never shows a key.
-    keyring: Keyring | None = field(repr=False, compare=False)
+    encryption_keys: Any = field(repr=False, compare=False)
 
     @classmethod
     def from_app(cls, app: Celery) -> Settings:
@@ -76,7 +76,7 @@ class Settings:
             max_kwargs_bytes=_positive_int(app, "defer_max_kwargs_bytes"),
             triggerer_block_warning=_positive_float(app, "defer_triggerer_block_warning"),
             event_retention=_positive_float(app, "defer_event_retention"),
-            keyring=keyring_from_setting(_lookup(app, "defer_encryption_keys")),
+            encryption_keys=_lookup(app, "defer_encryption_keys"),
             resume_republish_after=_positive_float(app, "defer_resume_republish_after"),
         )
         if settings.triggerer_health_timeout <= settings.triggerer_heartbeat:

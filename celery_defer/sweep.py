@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from celery_defer import metrics, resume
 from celery_defer.settings import Settings
 from celery_defer.store import ResumeOrder, store_for
+from celery_defer.wire import Outcome
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -97,7 +98,7 @@ def time_out_due(app: Celery, now: datetime) -> int:
     runs it with a moved clock. Counted in ``celery_defer.metrics.TIMED_OUT``.
     """
     store = store_for(app)
-    outcome = resume.error_outcome("timeout", TIMEOUT_MESSAGE)
+    outcome = Outcome.error("timeout", TIMEOUT_MESSAGE).dumps()
     timed_out = 0
     for _ in range(_MAX_ROUNDS):
         orders = store.claim_timed_out(now, outcome, _BATCH)

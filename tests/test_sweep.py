@@ -15,10 +15,10 @@ from inprocess import make_app
 
 import celery_defer
 from celery_defer import DeferrableTask
-from celery_defer.resume import event_outcome
 from celery_defer.store import FIRING, DeferralInfo, TriggerOutcome, store_for
 from celery_defer.sweep import SWEEP_TASK_NAME, sweep
 from celery_defer.testing import SuccessTrigger
+from celery_defer.wire import Outcome
 
 
 @pytest.fixture
@@ -51,7 +51,9 @@ def test_a_resume_stored_but_never_published_is_sent_by_the_sweep(worker_app: Ce
     store = store_for(worker_app)
     result, deferral = deferred_task(worker_app)
     # What a triggerer does before it publishes (and then it is killed):
-    orders = store.fire([TriggerOutcome(deferral.trigger_id, event_outcome({"late": True}))])
+    orders = store.fire(
+        [TriggerOutcome(deferral.trigger_id, Outcome.event({"late": True}).dumps())]
+    )
     assert [o.task_id for o in orders] == [result.id]
     assert store.get_deferral(result.id).state == FIRING
 
@@ -66,7 +68,7 @@ def test_unused_triggers_are_deleted(worker_app: Celery) -> None:
     store = store_for(worker_app)
     _, deferral = deferred_task(worker_app)
     assert sweep(worker_app).triggers_deleted == 0  # still needed
-    store.fire([TriggerOutcome(deferral.trigger_id, event_outcome(1))])  # deletes it
+    store.fire([TriggerOutcome(deferral.trigger_id, Outcome.event(1).dumps())])  # deletes it
     with store.engine.begin() as conn:  # plus an orphan, as a crashed writer could leave
         conn.exec_driver_sql(
             "INSERT INTO defer_triggers (classpath, kwargs, created_at) "

@@ -317,7 +317,7 @@ def test_a_store_that_stays_down_fails_the_deferring_task(
         raise StoreError("save_deferral failed: connection refused (injected)")
 
     monkeypatch.setattr(store, "save_deferral", down)
-    monkeypatch.setattr(celery_defer.task, "MAX_STORE_RESENDS", 1)
+    monkeypatch.setattr(celery_defer.worker.outage, "MAX_STORE_RESENDS", 1)
     result = live.poll.delay("lost?")
     wait_for_state(result, "RETRY")  # not DEFERRED: nothing waits on a trigger
     with pytest.raises(StoreError, match=r"could not be stored after 1 attempts.*refused"):

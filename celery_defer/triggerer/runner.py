@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery_defer import encryption, resume
+from celery_defer.codec import codec_for
 from celery_defer.exceptions import SerializationError, StoreError, TriggerFailed
 from celery_defer.settings import Settings
 from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
@@ -34,6 +34,7 @@ from celery_defer.triggerer.metrics import TriggererMetrics
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.execution import describe, first_event
 from celery_defer.validation import resolve_trigger_class
+from celery_defer.wire import Outcome
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,6 +60,7 @@ class TriggerRunner:
         self.app = app
         self.store = store
         self.settings = Settings.from_app(app)
+        self.codec = codec_for(app)  # checks defer_encryption_keys at start, not at a trigger
         self.triggerer_id = triggerer_id
         self.capacity = capacity
         self.host = host
@@ -225,13 +227,13 @@ class TriggerRunner:
         try:
             trigger_class = resolve_trigger_class(row.classpath)
             trigger: BaseTrigger = trigger_class(
-                **encryption.loads(self.settings.keyring, row.kwargs, where="trigger kwargs")
+                **self.codec.loads(row.kwargs, where="trigger kwargs")
             )
         except Exception as exc:
             message = f"trigger {row.classpath} could not be rebuilt: {exc}"
             logger.error(message, extra={"trigger_id": row.id, "trigger": row.classpath})
             self.metrics.failed.inc()
-            self._resumes.submit(TriggerOutcome(row.id, resume.error_outcome("failed", message)))
+            self._resumes.submit(TriggerOutcome(row.id, Outcome.error("failed", message).dumps()))
             return
         logger.debug(
             "running trigger %s: %r",
@@ -247,7 +249,7 @@ class TriggerRunner:
         try:
             event = await self._first_event(trigger_id, trigger)
             try:
-                outcome = resume.event_outcome(event.payload)
+                outcome = Outcome.event(event.payload).dumps()
             except SerializationError as exc:
                 raise TriggerFailed(
                     f"{type(trigger).__name__} yielded a payload that cannot be stored: {exc}"
@@ -267,7 +269,7 @@ class TriggerRunner:
                 exc,
                 extra={"trigger_id": trigger_id, "trigger": describe(trigger)},
             )
-            outcome = resume.error_outcome("failed", str(exc))
+            outcome = Outcome.error("failed", str(exc)).dumps()
         finally:
             self.running.pop(trigger_id, None)
             self._cancelling.discard(trigger_id)

@@ -25,7 +25,7 @@ import pytest
 from inprocess import make_app
 
 import celery_defer.store
-import celery_defer.task
+import celery_defer.worker.outage
 from bad_input.kit import RESUMED, Live, assert_untouched, eventually
 from celery_defer import Triggerer
 from celery_defer.exceptions import StoreError
@@ -57,7 +57,9 @@ def test_store_unreachable_at_defer_time_retries_then_fails_naming_the_store(
 ) -> None:
     """The DEFERRED state written before the save must not stay behind: the task shows
     RETRY with the store's error while it is re-sent, then FAILURE, never a silent loss."""
-    monkeypatch.setattr(celery_defer.task, "MAX_STORE_RESENDS", 1)  # one re-send, then fail
+    monkeypatch.setattr(
+        celery_defer.worker.outage, "MAX_STORE_RESENDS", 1
+    )  # one re-send, then fail
     with store_at(live, DEAD_STORE, monkeypatch):
         result = live.defer("good")
         wait_for_state(result, "RETRY")
