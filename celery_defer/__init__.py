@@ -5,7 +5,7 @@ a :class:`Triggerer` runs thousands of triggers in one event loop; when one
 fires, the task resumes on a worker under its original id.
 """
 
-from celery_defer import transport as _transport  # noqa: F401  (registers defer-filesystem://)
+from celery_defer.broker import filesystem as _filesystem  # noqa: F401  (registers defer-filesystem://)
 from celery_defer.exceptions import (
     CeleryDeferError,
     InvalidDeferral,

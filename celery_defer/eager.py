@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from celery_defer.external_events import matches, payload_of
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
-from celery_defer.task_results import fetch_ready
+from celery_defer.triggers.result_backend import fetch_ready
 
 if TYPE_CHECKING:
     from celery import Celery

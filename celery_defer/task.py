@@ -28,7 +28,9 @@ from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.signals import task_revoked, task_unknown
 
-from celery_defer import encryption, events, notices, serialization
+from celery_defer import encryption, serialization
+from celery_defer.broker import monitoring as events
+from celery_defer.broker import notices
 from celery_defer.eager import InlineRuntime
 from celery_defer.exceptions import (
     InvalidDeferral,

@@ -37,7 +37,7 @@ from celery_defer.exceptions import SerializationError, StoreError, TriggerFaile
 from celery_defer.external_events import matches, payload_of
 from celery_defer.settings import Settings
 from celery_defer.store import Store
-from celery_defer.task_results import fetch_ready
+from celery_defer.triggers.result_backend import fetch_ready
 
 if TYPE_CHECKING:
     from celery import Celery

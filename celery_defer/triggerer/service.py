@@ -25,11 +25,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from celery_defer.broker.event_hints import event_hint_listener
+from celery_defer.broker.listener import BrokerListener
+from celery_defer.broker.notices import notice_listener
+from celery_defer.broker.revocations import revoke_listener
 from celery_defer.exceptions import CeleryDeferError, ConfigurationError
-from celery_defer.external_events import event_hint_listener
-from celery_defer.listener import BrokerListener
-from celery_defer.notices import notice_listener
-from celery_defer.revocations import revoke_listener
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
 from celery_defer.triggerer.metrics import MetricsServer
