@@ -1,7 +1,7 @@
 """The beat sweep: timeouts, stranded resumes, unused triggers, expired events.
 
 Run by celery beat as the task ``celery_defer.sweep`` every
-``defer_sweep_interval`` seconds (:func:`install` adds the entry). Each step
+``defer_sweep_interval`` seconds (:func:`celery_defer.install` adds the entry). Each step
 claims before it acts (a conditional ``UPDATE ... WHERE state='deferred'``
 in the store), so two sweeps running at once never both act on a deferral.
 """
@@ -12,7 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from celery_defer import metrics, resume
 from celery_defer.settings import Settings
@@ -118,34 +118,3 @@ def _publish(app: Celery, orders: list[ResumeOrder]) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-defer-sweep") as pool:
         sent = pool.submit(resume.publish, app, orders).result()
     store_for(app).mark_resumed(sent)
-
-
-def install(app: Celery) -> None:
-    """Set celery-defer up on ``app``: the sweep task and its beat entry.
-
-    Call it once where the app is defined, so that the worker, beat and the
-    triggerer all see it. The beat entry uses ``defer_sweep_interval``, read
-    when the app is configured.
-
-    Defaults are deliberately not registered with ``app.add_defaults``: Celery
-    puts added defaults in front of the configuration loaded later by
-    ``config_from_object`` (celery/utils/collections.py ``ChainMap.add_defaults``
-    inserts at ``maps[1]``), so they would override the user's values.
-    :class:`~celery_defer.settings.Settings` applies the defaults itself.
-    """
-
-    @app.task(name=SWEEP_TASK_NAME, bind=True, ignore_result=True, shared=False)
-    def sweep_task(self: Any) -> dict[str, int]:
-        return asdict(sweep(self.app))
-
-    def add_entry(**_: Any) -> None:
-        interval = Settings.from_app(app).sweep_interval
-        app.add_periodic_task(
-            interval, app.signature(SWEEP_TASK_NAME), name=SWEEP_TASK_NAME, expires=interval
-        )
-
-    if app.configured:
-        add_entry()
-    else:
-        # Connected before configuration, so it runs (celery #3589).
-        app.on_after_configure.connect(add_entry, weak=False)

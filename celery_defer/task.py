@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
-from celery.signals import task_revoked, task_unknown
 
 from celery_defer import encryption, serialization
 from celery_defer.broker import monitoring as events
@@ -402,9 +401,6 @@ def _forget_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         logger.warning("could not forget the deferral of revoked task %s: %s", request.id, exc)
 
 
-task_revoked.connect(_forget_revoked, weak=False)
-
-
 def _forget_unknown(sender: Any = None, message: Any = None, **kwargs: Any) -> None:
     """A worker rejected a resume of a task it does not know: forget its deferral.
 
@@ -422,9 +418,6 @@ def _forget_unknown(sender: Any = None, message: Any = None, **kwargs: Any) -> N
         store_for(app).cancel_deferrals([task_id])
     except StoreError as exc:
         logger.warning("could not forget the deferral of unknown task %s: %s", task_id, exc)
-
-
-task_unknown.connect(_forget_unknown, weak=False)
 
 
 def _header(request: Any, name: str) -> Any:
