@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from celery_defer import metrics, resume
+from celery_defer import resume
 from celery_defer.settings import Settings
 from celery_defer.store import ResumeOrder, store_for
 
@@ -34,7 +34,12 @@ TIMEOUT_MESSAGE = "the deferral timed out before its trigger fired"
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What one sweep did."""
+    """What one sweep did: the sweep's counters, reported where they are counted.
+
+    The ``celery_defer.sweep`` task returns it (as a dict: monitors see it as
+    the ``task-succeeded`` result) and logs it at INFO with one structured
+    field per count, whenever the sweep did anything.
+    """
 
     timed_out: int
     republished: int
@@ -94,7 +99,9 @@ def time_out_due(app: Celery, now: datetime) -> int:
     """Fail the deferrals whose timeout is before ``now``; returns how many.
 
     The sweep's first step; :func:`celery_defer.testing.fast_forward` also
-    runs it with a moved clock. Counted in ``celery_defer.metrics.TIMED_OUT``.
+    runs it with a moved clock. The count is reported in the sweep's
+    :class:`SweepReport`, where it is counted: the triggerer's metrics cannot
+    see it (see :mod:`celery_defer.triggerer.metrics`).
     """
     store = store_for(app)
     outcome = resume.error_outcome("timeout", TIMEOUT_MESSAGE)
@@ -102,7 +109,6 @@ def time_out_due(app: Celery, now: datetime) -> int:
     for _ in range(_MAX_ROUNDS):
         orders = store.claim_timed_out(now, outcome, _BATCH)
         timed_out += len(orders)
-        metrics.TIMED_OUT.inc(len(orders))
         _publish(app, orders)
         if len(orders) < _BATCH:
             break
