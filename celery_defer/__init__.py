@@ -5,7 +5,7 @@ a :class:`Triggerer` runs thousands of triggers in one event loop; when one
 fires, the task resumes on a worker under its original id.
 """
 
-from celery_defer import transport as _transport  # noqa: F401  (registers defer-filesystem://)
+from celery_defer.broker import filesystem as _filesystem  # noqa: F401  (registers defer-filesystem://)
 from celery_defer.exceptions import (
     CeleryDeferError,
     InvalidDeferral,
@@ -15,10 +15,10 @@ from celery_defer.exceptions import (
     TriggerTimeout,
 )
 from celery_defer.external_events import send_event
-from celery_defer.sweep import install
 from celery_defer.task import DEFERRED, DeferrableTask
 from celery_defer.triggerer import Triggerer
 from celery_defer.triggers import BaseTrigger, TriggerEvent
+from celery_defer.wiring import install
 
 __version__ = "0.1.0"
 

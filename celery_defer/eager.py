@@ -23,10 +23,10 @@ from celery_defer.exceptions import TaskDeferred, TriggerTimeout
 from celery_defer.external_events import matches, payload_of
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
-from celery_defer.task_results import fetch_ready
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.context import use_runtime
 from celery_defer.triggers.execution import first_event
+from celery_defer.triggers.result_backend import fetch_ready
 from celery_defer.validation import EVENT_KWARG, check_deferral
 
 if TYPE_CHECKING:

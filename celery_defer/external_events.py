@@ -1,25 +1,21 @@
-"""External events: :func:`send_event` and the broker hint that makes triggerers look.
+"""External events: :func:`send_event`, and how a waiter reads a stored event.
 
 An event is a row in the store (key, typed-JSON payload, when it was sent),
 so it is there for waiters that start later, and for the periodic scan of a
-triggerer that missed the hint. The hint is a tiny message on a fanout
-exchange: every triggerer may hold a waiter for the key, so each one has a
-queue of its own bound to it (like Celery's broadcast commands). Hints are
-best-effort, like new-trigger notices (:mod:`celery_defer.notices`).
+triggerer that missed the broker hint (:mod:`celery_defer.broker.event_hints`).
+The hosts that wait for events (the triggerer's watchers, eager mode) read
+them with :func:`matches` and :func:`payload_of`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from kombu import Exchange, Queue
-
 from celery_defer import serialization
+from celery_defer.broker.event_hints import announce_event
 from celery_defer.exceptions import InvalidDeferral, InvalidEvent
-from celery_defer.listener import HINT_TTL, BrokerListener, publish_hint
 from celery_defer.settings import Settings
 from celery_defer.store import ExternalEvent, store_for
 from celery_defer.triggers.external_event import check_event_key
@@ -27,19 +23,9 @@ from celery_defer.triggers.external_event import check_event_key
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = [
-    "announce_event",
-    "event_exchange",
-    "event_hint_listener",
-    "matches",
-    "payload_of",
-    "send_event",
-]
+__all__ = ["matches", "payload_of", "send_event"]
 
 logger = logging.getLogger(__name__)
-
-#: A triggerer's hint queue is deleted by the broker this long after its consumer left.
-HINT_QUEUE_EXPIRES = 60.0
 
 
 def send_event(app: Celery, key: str, payload: Any = None) -> int:
@@ -89,41 +75,3 @@ def matches(event: ExternalEvent, since: datetime | None) -> bool:
 def payload_of(event: ExternalEvent) -> Any:
     """The event's payload, decoded (SerializationError if the row is corrupt)."""
     return serialization.loads(event.payload, where=f"payload of event {event.key!r}")
-
-
-def event_exchange(app: Celery) -> Exchange:
-    """The fanout exchange event hints go to (named after ``defer_trigger_queue``)."""
-    return Exchange(f"{Settings.from_app(app).trigger_queue}.events", type="fanout", durable=False)
-
-
-def announce_event(app: Celery, key: str) -> None:
-    """Tell every triggerer to look for ``key`` now; never fails the caller."""
-    exchange = event_exchange(app)
-    publish_hint(app, {"key": key}, exchange, "", [exchange], f"event {key!r}")
-
-
-def event_hint_listener(
-    app: Celery, triggerer_id: str, on_hint: Callable[[str], None]
-) -> BrokerListener:
-    """A listener calling ``on_hint(key)`` for each event hint (one queue per triggerer)."""
-    exchange = event_exchange(app)
-
-    def queues() -> list[Queue]:
-        return [
-            Queue(
-                f"{exchange.name}.{triggerer_id}",
-                exchange=exchange,
-                routing_key="",
-                durable=False,
-                auto_delete=True,
-                expires=HINT_QUEUE_EXPIRES,
-                message_ttl=HINT_TTL,
-            )
-        ]
-
-    def on_message(body: Any) -> None:
-        key = body.get("key") if isinstance(body, dict) else None
-        if isinstance(key, str):
-            on_hint(key)
-
-    return BrokerListener(app, "external-event hints", queues, on_message)

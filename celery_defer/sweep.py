@@ -1,7 +1,7 @@
 """The beat sweep: timeouts, stranded resumes, unused triggers, expired events.
 
 Run by celery beat as the task ``celery_defer.sweep`` every
-``defer_sweep_interval`` seconds (:func:`install` adds the entry). Each step
+``defer_sweep_interval`` seconds (:func:`celery_defer.install` adds the entry). Each step
 claims before it acts (a conditional ``UPDATE ... WHERE state='deferred'``
 in the store), so two sweeps running at once never both act on a deferral.
 """
@@ -12,9 +12,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celery_defer import metrics, resume
+from celery_defer import resume
 from celery_defer.settings import Settings
 from celery_defer.store import ResumeOrder, store_for
 from celery_defer.wire import Outcome
@@ -35,7 +35,12 @@ TIMEOUT_MESSAGE = "the deferral timed out before its trigger fired"
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What one sweep did."""
+    """What one sweep did: the sweep's counters, reported where they are counted.
+
+    The ``celery_defer.sweep`` task returns it (as a dict: monitors see it as
+    the ``task-succeeded`` result) and logs it at INFO with one structured
+    field per count, whenever the sweep did anything.
+    """
 
     timed_out: int
     republished: int
@@ -95,7 +100,9 @@ def time_out_due(app: Celery, now: datetime) -> int:
     """Fail the deferrals whose timeout is before ``now``; returns how many.
 
     The sweep's first step; :func:`celery_defer.testing.fast_forward` also
-    runs it with a moved clock. Counted in ``celery_defer.metrics.TIMED_OUT``.
+    runs it with a moved clock. The count is reported in the sweep's
+    :class:`SweepReport`, where it is counted: the triggerer's metrics cannot
+    see it (see :mod:`celery_defer.triggerer.metrics`).
     """
     store = store_for(app)
     outcome = Outcome.error("timeout", TIMEOUT_MESSAGE).dumps()
@@ -103,7 +110,6 @@ def time_out_due(app: Celery, now: datetime) -> int:
     for _ in range(_MAX_ROUNDS):
         orders = store.claim_timed_out(now, outcome, _BATCH)
         timed_out += len(orders)
-        metrics.TIMED_OUT.inc(len(orders))
         _publish(app, orders)
         if len(orders) < _BATCH:
             break
@@ -119,34 +125,3 @@ def _publish(app: Celery, orders: list[ResumeOrder]) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-defer-sweep") as pool:
         sent = pool.submit(resume.publish, app, orders).result()
     store_for(app).mark_resumed(sent)
-
-
-def install(app: Celery) -> None:
-    """Set celery-defer up on ``app``: the sweep task and its beat entry.
-
-    Call it once where the app is defined, so that the worker, beat and the
-    triggerer all see it. The beat entry uses ``defer_sweep_interval``, read
-    when the app is configured.
-
-    Defaults are deliberately not registered with ``app.add_defaults``: Celery
-    puts added defaults in front of the configuration loaded later by
-    ``config_from_object`` (celery/utils/collections.py ``ChainMap.add_defaults``
-    inserts at ``maps[1]``), so they would override the user's values.
-    :class:`~celery_defer.settings.Settings` applies the defaults itself.
-    """
-
-    @app.task(name=SWEEP_TASK_NAME, bind=True, ignore_result=True, shared=False)
-    def sweep_task(self: Any) -> dict[str, int]:
-        return asdict(sweep(self.app))
-
-    def add_entry(**_: Any) -> None:
-        interval = Settings.from_app(app).sweep_interval
-        app.add_periodic_task(
-            interval, app.signature(SWEEP_TASK_NAME), name=SWEEP_TASK_NAME, expires=interval
-        )
-
-    if app.configured:
-        add_entry()
-    else:
-        # Connected before configuration, so it runs (celery #3589).
-        app.on_after_configure.connect(add_entry, weak=False)

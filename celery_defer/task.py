@@ -23,9 +23,8 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import task_revoked, task_unknown
 
-from celery_defer import events, notices
+from celery_defer.broker import monitoring, notices
 from celery_defer.codec import codec_for
 from celery_defer.eager import call_inline
 from celery_defer.exceptions import InvalidDeferral, StoreError, TaskDeferred, TriggerTimeout
@@ -140,7 +139,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
         except StoreError as exc:
             resend_later(self, exc, deferring=True)
         notices.announce_trigger(self.app, stored.trigger_id)
-        events.send(
+        monitoring.send(
             self,
             "task-deferred",
             trigger=checked.trigger_classpath,
@@ -219,9 +218,6 @@ def _forget_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         logger.warning("could not forget the deferral of revoked task %s: %s", request.id, exc)
 
 
-task_revoked.connect(_forget_revoked, weak=False)
-
-
 def _forget_unknown(sender: Any = None, message: Any = None, **kwargs: Any) -> None:
     """A worker rejected a resume of a task it does not know: forget its deferral.
 
@@ -239,6 +235,3 @@ def _forget_unknown(sender: Any = None, message: Any = None, **kwargs: Any) -> N
         store_for(app).cancel_deferrals([task_id])
     except StoreError as exc:
         logger.warning("could not forget the deferral of unknown task %s: %s", task_id, exc)
-
-
-task_unknown.connect(_forget_unknown, weak=False)

@@ -20,9 +20,9 @@ from inprocess import make_app
 from sqlalchemy.engine import make_url
 
 import celery_defer
+from celery_defer.broker.event_hints import announce_event, event_hint_listener
+from celery_defer.broker.listener import BrokerListener
 from celery_defer.exceptions import InvalidEvent
-from celery_defer.external_events import announce_event, event_hint_listener
-from celery_defer.listener import BrokerListener
 from celery_defer.serialization import loads
 from celery_defer.store import SqlStore, store_for
 from celery_defer.store.engine import utcnow

@@ -12,31 +12,54 @@ name                                                  type       what
 ``celery_defer_triggerer_capacity_left``              gauge      free slots
 ``celery_defer_triggers_fired_total``                 counter    triggers that fired
 ``celery_defer_triggers_failed_total``                counter    triggers that failed their tasks
-``celery_defer_deferrals_timed_out_total``            counter    timeouts by sweeps in this process
 ``celery_defer_triggerer_loop_blocked_total``         counter    stalls the watchdog reported
 ``celery_defer_trigger_fire_lateness_seconds``        histogram  timer triggers: fire - due
 ====================================================  =========  ==========================
 
 The loop thread only bumps counters; the text is built by the HTTP thread
-when scraped.
+when scraped. A counter is a plain integer bumped by one thread and read by
+the HTTP thread: updates stay as cheap as an attribute increment, which is
+all the triggerer's hot path may spend. No dependency: the few primitives
+below write the text format themselves.
+
+Only what this process knows is served here. Deferrals that time out are
+failed by the ``celery_defer.sweep`` task, which beat sends to a *worker*, so
+a triggerer never sees them: an earlier
+``celery_defer_deferrals_timed_out_total`` served here counted the sweeps run
+in the triggerer's own process, which in production is none, and read 0 for
+ever. The sweep's counts are reported where they are counted instead: the
+task returns its :class:`~celery_defer.sweep.SweepReport` (monitors see it as
+the ``task-succeeded`` result) and logs it with structured fields. A
+cluster-wide total would be a count kept in the store.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from celery_defer import metrics
 from celery_defer.exceptions import ConfigurationError
 from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.temporal import DateTimeTrigger
 
-__all__ = ["LATENESS_BUCKETS", "MetricsServer", "TriggererMetrics", "due_moment"]
+__all__ = [
+    "LATENESS_BUCKETS",
+    "Counter",
+    "Histogram",
+    "MetricsServer",
+    "TriggererMetrics",
+    "counter_text",
+    "due_moment",
+    "gauge_text",
+    "histogram_text",
+]
 
 logger = logging.getLogger("celery_defer.triggerer")
 
@@ -44,6 +67,81 @@ logger = logging.getLogger("celery_defer.triggerer")
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Counter:
+    """A monotonically increasing count.
+
+    ``inc()`` from a single thread needs no lock; a counter bumped from
+    another thread than the loop's (the watchdog's) passes ``shared=True``.
+    """
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self, *, shared: bool = False) -> None:
+        self.value = 0
+        self._lock = threading.Lock() if shared else None
+
+    def inc(self, amount: int = 1) -> None:
+        """Add ``amount`` (>= 0)."""
+        if self._lock is None:
+            self.value += amount
+        else:
+            with self._lock:
+                self.value += amount
+
+
+class Histogram:
+    """Observations counted into fixed buckets, as Prometheus histograms are."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket whose upper bound is >= it."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _head(name: str, kind: str, help_text: str) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
+def counter_text(name: str, help_text: str, value: float) -> list[str]:
+    """The exposition lines of one counter (``name`` should end in ``_total``)."""
+    return [*_head(name, "counter", help_text), f"{name} {_number(value)}"]
+
+
+def gauge_text(name: str, help_text: str, value: float) -> list[str]:
+    """The exposition lines of one gauge."""
+    return [*_head(name, "gauge", help_text), f"{name} {_number(value)}"]
+
+
+def histogram_text(name: str, help_text: str, histogram: Histogram) -> list[str]:
+    """The exposition lines of one histogram: cumulative buckets, sum and count."""
+    lines = _head(name, "histogram", help_text)
+    cumulative = 0
+    bounds: Iterable[float] = (*histogram.bounds, math.inf)
+    for bound, count in zip(bounds, list(histogram.counts), strict=True):
+        cumulative += count
+        lines.append(f'{name}_bucket{{le="{_number(bound)}"}} {cumulative}')
+    lines.append(f"{name}_sum {_number(histogram.total)}")
+    lines.append(f"{name}_count {cumulative}")
+    return lines
 
 
 def due_moment(trigger: BaseTrigger, event: TriggerEvent) -> datetime | None:
@@ -57,10 +155,10 @@ class TriggererMetrics:
     """One triggerer's counters; the gauges are read from its runner when scraped."""
 
     def __init__(self) -> None:
-        self.fired = metrics.Counter()
-        self.failed = metrics.Counter()
-        self.loop_blocked = metrics.Counter(shared=True)
-        self.lateness = metrics.Histogram(LATENESS_BUCKETS)
+        self.fired = Counter()
+        self.failed = Counter()
+        self.loop_blocked = Counter(shared=True)
+        self.lateness = Histogram(LATENESS_BUCKETS)
 
     def record_fire(self, trigger: BaseTrigger, event: TriggerEvent) -> None:
         """Count a fire; for a timer trigger, how late after its moment it fired."""
@@ -73,42 +171,37 @@ class TriggererMetrics:
     def render(self, running: int, capacity: int) -> str:
         """The Prometheus text exposition of every metric."""
         lines = [
-            *metrics.gauge_text(
+            *gauge_text(
                 "celery_defer_triggerer_running_triggers",
                 "Triggers this triggerer is running now.",
                 running,
             ),
-            *metrics.gauge_text(
+            *gauge_text(
                 "celery_defer_triggerer_capacity",
                 "Most triggers this triggerer runs at once.",
                 capacity,
             ),
-            *metrics.gauge_text(
+            *gauge_text(
                 "celery_defer_triggerer_capacity_left",
                 "Triggers this triggerer could still take.",
                 max(0, capacity - running),
             ),
-            *metrics.counter_text(
+            *counter_text(
                 "celery_defer_triggers_fired_total",
                 "Triggers that fired (their tasks resume).",
                 self.fired.value,
             ),
-            *metrics.counter_text(
+            *counter_text(
                 "celery_defer_triggers_failed_total",
                 "Triggers that failed (their tasks fail with TriggerFailed).",
                 self.failed.value,
             ),
-            *metrics.counter_text(
-                "celery_defer_deferrals_timed_out_total",
-                "Deferrals timed out by sweeps run in this process.",
-                metrics.TIMED_OUT.value,
-            ),
-            *metrics.counter_text(
+            *counter_text(
                 "celery_defer_triggerer_loop_blocked_total",
                 "Times the event loop was blocked longer than defer_triggerer_block_warning.",
                 self.loop_blocked.value,
             ),
-            *metrics.histogram_text(
+            *histogram_text(
                 "celery_defer_trigger_fire_lateness_seconds",
                 "Timer triggers: seconds between the due moment and the fire.",
                 self.lateness,

@@ -31,6 +31,7 @@ from celery_defer.settings import Settings
 from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
 from celery_defer.triggerer.firing import ResumePipeline
 from celery_defer.triggerer.metrics import TriggererMetrics
+from celery_defer.triggerer.watchdog import running_trigger
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.execution import describe, first_event
 from celery_defer.validation import resolve_trigger_class
@@ -286,7 +287,9 @@ class TriggerRunner:
         waiting on a trigger that no longer runs, silently, until a timeout.
         """
         try:
-            return await first_event(trigger)
+            # Inside the trigger's task: the watchdog learns from it which trigger blocks.
+            with running_trigger(trigger_id, trigger):
+                return await first_event(trigger)
         except asyncio.CancelledError:
             if trigger_id in self._cancelling:
                 raise

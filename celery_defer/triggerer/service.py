@@ -25,17 +25,17 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from celery_defer.broker.event_hints import event_hint_listener
+from celery_defer.broker.listener import BrokerListener
+from celery_defer.broker.notices import notice_listener
+from celery_defer.broker.revocations import revoke_listener
 from celery_defer.exceptions import CeleryDeferError, ConfigurationError
-from celery_defer.external_events import event_hint_listener
-from celery_defer.listener import BrokerListener
-from celery_defer.notices import notice_listener
-from celery_defer.revocations import revoke_listener
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
 from celery_defer.triggerer.metrics import MetricsServer
 from celery_defer.triggerer.runner import TriggerRunner
-from celery_defer.triggerer.runtime import TriggererRuntime
 from celery_defer.triggerer.watchdog import LoopWatchdog
+from celery_defer.triggerer.watchers import Watchers
 from celery_defer.triggers.context import use_runtime
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class Triggerer:
             to_loop(runner.revoke, task_ids)
 
         # What TaskResultTrigger and ExternalEventTrigger wait through.
-        runtime = TriggererRuntime(self.app, runner.store)
+        runtime = Watchers(self.app, runner.store)
 
         def on_event_hint(key: str) -> None:
             to_loop(runtime.hint, key)

@@ -7,40 +7,112 @@ the stall ended, and cannot say who caused it. Here a separate thread asks the
 loop for a heartbeat, a no-op callback queued with ``call_soon_threadsafe``
 every few hundredths of a second (one wake-up of the loop, no per-trigger
 work). When the answer is late by more than ``defer_triggerer_block_warning``
-seconds, the watchdog looks at the loop thread's current Python stack
-(``sys._current_frames()``), finds the trigger running there, and logs a
-WARNING naming it, its id and where it is stuck, once per stall. When the loop
-answers again it logs the stall's total duration.
+seconds, the watchdog logs a WARNING naming the trigger, its id and where it
+is stuck, once per stall; when the loop answers again it logs the stall's
+total duration.
+
+Which trigger: the runner sets :data:`RUNNING_TRIGGER`, a context variable,
+inside each trigger's task (:func:`running_trigger`); whatever that trigger
+runs (a helper however deep, a task it created) sees it, since asyncio tasks
+copy the context they are created in. From its own thread the watchdog asks
+the loop for its current task (``asyncio.current_task(loop)``) and reads the
+variable in that task's context. Where: the innermost Python frame of the
+loop thread (``sys._current_frames()``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from celery_defer.triggers.base import BaseTrigger
 from celery_defer.triggers.execution import describe
 
-if TYPE_CHECKING:
-    import asyncio
-
-__all__ = ["Culprit", "LoopWatchdog", "find_culprit"]
+__all__ = [
+    "RUNNING_TRIGGER",
+    "Culprit",
+    "LoopWatchdog",
+    "RunningTrigger",
+    "find_culprit",
+    "running_in",
+    "running_trigger",
+]
 
 logger = logging.getLogger("celery_defer.triggerer.watchdog")
+
+
+@dataclass(frozen=True)
+class RunningTrigger:
+    """The trigger a task runs for: its stored id and class path."""
+
+    trigger_id: int
+    trigger: str
+
+
+#: The trigger the current asyncio task runs for (None outside a trigger's task).
+RUNNING_TRIGGER: contextvars.ContextVar[RunningTrigger | None] = contextvars.ContextVar(
+    "celery_defer_running_trigger", default=None
+)
+
+# Before Python 3.12 a task does not hand out its context (Task.get_context);
+# running_trigger() keeps a snapshot of it per task instead.
+_snapshots: weakref.WeakKeyDictionary[asyncio.Task[object], contextvars.Context] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextmanager
+def running_trigger(trigger_id: int, trigger: BaseTrigger) -> Iterator[RunningTrigger]:
+    """Mark the current asyncio task (and the tasks it creates) as running ``trigger``.
+
+    Enter it inside the trigger's own task: a context variable set there is
+    the task's alone.
+    """
+    running = RunningTrigger(trigger_id, describe(trigger))
+    token = RUNNING_TRIGGER.set(running)
+    task = asyncio.current_task()
+    if sys.version_info < (3, 12) and task is not None:
+        _snapshots[task] = contextvars.copy_context()
+    try:
+        yield running
+    finally:
+        RUNNING_TRIGGER.reset(token)
+        if task is not None:
+            _snapshots.pop(task, None)
+
+
+def running_in(loop: asyncio.AbstractEventLoop) -> RunningTrigger | None:
+    """The trigger whose task ``loop`` is running now; callable from any thread.
+
+    None when the loop runs no task, or a task that runs no trigger. Reading
+    another thread's current task is a dictionary lookup in asyncio, and a
+    task's context is read-only here.
+    """
+    task = asyncio.current_task(loop)
+    if task is None:
+        return None
+    if sys.version_info >= (3, 12):
+        context: contextvars.Context | None = task.get_context()
+    else:
+        context = _snapshots.get(task)
+    return None if context is None else context.get(RUNNING_TRIGGER)
 
 
 @dataclass(frozen=True)
 class Culprit:
     """What the loop thread was running when it was found blocked."""
 
-    trigger: str | None  # class path of the trigger, when a trigger is on the stack
-    trigger_id: int | None  # the stored trigger's id, when the runner's frame is found
+    trigger: str | None  # class path of the trigger, when the loop runs a trigger's task
+    trigger_id: int | None  # the stored trigger's id, likewise
     where: str  # the innermost Python frame: "file:line in function"
 
     def name(self) -> str:
@@ -56,33 +128,20 @@ class Culprit:
         return f"{self.name()}, at {self.where}"
 
 
-def find_culprit(frame: FrameType | None) -> Culprit:
-    """Walk outward from ``frame`` to the trigger whose code is running, and its id.
+def find_culprit(frame: FrameType | None, running: RunningTrigger | None = None) -> Culprit:
+    """The culprit: the trigger ``running`` (see :func:`running_in`) stuck at ``frame``.
 
-    The trigger is the innermost frame whose ``self`` is a :class:`BaseTrigger`
-    (its ``run()`` or a method it called); the id is the ``trigger_id`` local
-    of the runner frame that awaits it (``TriggerRunner._run``).
+    ``frame`` is the loop thread's innermost frame; nothing is read from its
+    variables, so no name in the runner or the trigger matters.
     """
     if frame is None:
-        return Culprit(None, None, "an unknown place (the loop thread has no Python frame)")
-    code = frame.f_code
-    where = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
-    trigger: str | None = None
-    trigger_id: int | None = None
-    current: FrameType | None = frame
-    while current is not None:
-        names = current.f_code.co_varnames
-        if trigger is None and names[:1] == ("self",):
-            owner = current.f_locals.get("self")
-            if isinstance(owner, BaseTrigger):
-                trigger = describe(owner)
-        if trigger is not None and "trigger_id" in names:
-            found = current.f_locals.get("trigger_id")
-            if isinstance(found, int) and not isinstance(found, bool):
-                trigger_id = found
-                break
-        current = current.f_back
-    return Culprit(trigger, trigger_id, where)
+        where = "an unknown place (the loop thread has no Python frame)"
+    else:
+        code = frame.f_code
+        where = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+    if running is None:
+        return Culprit(None, None, where)
+    return Culprit(running.trigger, running.trigger_id, where)
 
 
 class LoopWatchdog:
@@ -154,7 +213,9 @@ class LoopWatchdog:
 
     def _report(self, lag: float) -> Culprit:
         assert self._loop_thread_id is not None
-        culprit = find_culprit(sys._current_frames().get(self._loop_thread_id))
+        culprit = find_culprit(
+            sys._current_frames().get(self._loop_thread_id), running_in(self.loop)
+        )
         logger.warning(
             "the triggerer's event loop has been blocked for %.1fs so far by %s: triggers must "
             "not block (await, or use asyncio.to_thread for blocking calls); every other "

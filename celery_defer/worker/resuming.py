@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore, Retry
 
-from celery_defer import events as monitoring
 from celery_defer import serialization
+from celery_defer.broker import monitoring
 from celery_defer.codec import Codec, codec_for
 from celery_defer.exceptions import StoreError, TaskDeferred, TriggerTimeout
 from celery_defer.store import store_for

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +26,17 @@ from celery_defer.triggers import DateTimeTrigger
 pytestmark = pytest.mark.timeout(60)
 
 LATENESS = "celery_defer_trigger_fire_lateness_seconds"
+TIMED_OUT = "celery_defer_deferrals_timed_out_total"
+
+#: The sweep as beat runs it in production: in another process than the triggerer's.
+SWEEP_ELSEWHERE = """
+import os
+from celery import Celery
+from celery_defer.sweep import sweep
+app = Celery("elsewhere", broker="memory://", set_as_current=False)
+app.conf.defer_database_url = os.environ["STORE_URL"]
+print(sweep(app).timed_out)
+"""
 
 
 @pytest.fixture
@@ -101,11 +115,12 @@ def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
         assert after[f'{LATENESS}_bucket{{le="1.0"}}'] == 1
 
         time.sleep(0.4)
-        timed_out = after["celery_defer_deferrals_timed_out_total"]
-        assert sweep(app).timed_out == 1  # a sweep in this process is counted here
+        assert sweep(app).timed_out == 1  # the sweep's own report counts it
         with pytest.raises(TriggerTimeout):
             waiting.get(timeout=10)
-        assert scrape(triggerer)["celery_defer_deferrals_timed_out_total"] == timed_out + 1
+        # Timeouts are the sweep's: the triggerer serves no count of them, even when a
+        # sweep happens to run in its process (see the next test for why).
+        assert TIMED_OUT not in scrape(triggerer)
 
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(
@@ -113,6 +128,30 @@ def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
             )
         missing.value.close()
         assert missing.value.code == 404
+
+
+def test_the_triggerer_serves_no_timeout_count_it_cannot_see(app: Celery) -> None:
+    """Beat sends the sweep to a worker, so a triggerer never sees a timeout.
+
+    The endpoint used to serve ``celery_defer_deferrals_timed_out_total`` from a counter
+    bumped by sweeps run in the triggerer's own process: 0 for ever in production. A count
+    it serves must be true; here the sweep runs in another process, as in production.
+    """
+    wait = app.tasks["t.wait"]
+    with Triggerer(app, capacity=2, metrics_port=0) as triggerer:
+        wait.delay("timer", 3600.0)  # times out after 0.3 s (when swept)
+        wait_for(lambda: scrape(triggerer)["celery_defer_triggerer_running_triggers"] == 1)
+        time.sleep(0.4)
+        elsewhere = subprocess.run(
+            [sys.executable, "-c", SWEEP_ELSEWHERE],
+            env={**os.environ, "STORE_URL": app.conf.defer_database_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert elsewhere.stdout.strip() == "1"
+        assert scrape(triggerer).get(TIMED_OUT, 1) == 1
 
 
 @pytest.mark.parametrize("port", [-1, 70000, "9100", True])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 import urllib.request
@@ -11,14 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from inprocess import make_app
 
 from celery_defer import DeferrableTask, Triggerer
+from celery_defer.store import store_for
 from celery_defer.testing import SuccessTrigger
-from celery_defer.triggerer.watchdog import LoopWatchdog, find_culprit
+from celery_defer.triggerer.watchdog import LoopWatchdog, find_culprit, running_trigger
 from celery_defer.triggers import BaseTrigger, TriggerEvent
+from celery_defer.triggers.execution import first_event
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,6 +45,45 @@ class Blocker(BaseTrigger):
         yield TriggerEvent("unblocked")
 
 
+def _block_deep_down(seconds: float) -> None:
+    trigger_id = 999  # a decoy: the watchdog reads no variable of any frame
+    _block_here(seconds + trigger_id * 0)
+
+
+def _block_here(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+class HelperBlocker(BaseTrigger):
+    """Blocks the loop from a helper function two calls down, which has a local named
+    ``trigger_id`` (the watchdog once read the runner's local of that name)."""
+
+    started = ended = 0.0
+
+    def __init__(self, seconds: float, in_a_task_of_its_own: bool = False) -> None:
+        self.seconds = seconds
+        self.in_a_task_of_its_own = in_a_task_of_its_own
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.HelperBlocker",
+            {"seconds": self.seconds, "in_a_task_of_its_own": self.in_a_task_of_its_own},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        async def helper() -> None:
+            HelperBlocker.started = time.time()
+            _block_deep_down(self.seconds)
+            HelperBlocker.ended = time.time()
+
+        if self.in_a_task_of_its_own:
+            # No frame of the blocked stack belongs to the trigger or to the runner.
+            await asyncio.create_task(helper())
+        else:
+            await helper()
+        yield TriggerEvent("unblocked")
+
+
 class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -59,6 +102,12 @@ def app(store_url: str) -> Iterator[Celery]:
         if event is None:
             trigger = Blocker(block) if block else SuccessTrigger()
             self.defer(trigger=trigger, kwargs={"block": block})
+        return event.payload
+
+    @app.task(base=DeferrableTask, bind=True, shared=False, name="t.helper_blocks")
+    def helper_blocks(self: DeferrableTask, event: Any = None) -> Any:
+        if event is None:
+            self.defer(trigger=HelperBlocker(1.0))
         return event.payload
 
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
@@ -143,3 +192,65 @@ def test_a_stall_ending_just_before_the_stop_is_still_reported(records: Records)
     assert [m for m in messages if "so far" in m], messages
     (end,) = [r for r in records.records if "in total" in r.getMessage()]
     assert 0.25 <= end.blocked_seconds < 1.0  # type: ignore[attr-defined]
+
+
+def test_the_trigger_is_named_from_a_helper_deep_down(app: Celery, records: Records) -> None:
+    """The runner marks the trigger's task; the watchdog names that trigger and its stored
+    id from whatever blocks under it, renaming nothing and reading no frame variable."""
+    helper_blocks = app.tasks["t.helper_blocks"]
+    store = store_for(app)
+    with Triggerer(app):
+        blocked = helper_blocks.delay()
+        deadline = time.monotonic() + 10
+        while (info := store.get_deferral(blocked.id)) is None or info.trigger_id is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        trigger_id = info.trigger_id
+        assert blocked.get(timeout=15) == "unblocked"
+
+    (stall,) = [r for r in records.records if "so far" in r.getMessage()]
+    assert stall.trigger == f"{__name__}.HelperBlocker"  # type: ignore[attr-defined]
+    assert stall.trigger_id == trigger_id  # type: ignore[attr-defined]
+    assert f"trigger {__name__}.HelperBlocker (id {trigger_id})" in stall.getMessage()
+    assert "in _block_here" in stall.getMessage()
+    assert HelperBlocker.started <= stall.created < HelperBlocker.ended
+
+
+@pytest.mark.parametrize(
+    "in_a_task_of_its_own",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                sys.version_info < (3, 12),
+                reason="before Python 3.12 a task does not show its context (Task.get_context)",
+            ),
+        ),
+    ],
+    ids=["same-task", "own-task"],
+)
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_the_running_trigger_is_read_from_the_context_of_the_loops_task(
+    records: Records, new_loop: Any, in_a_task_of_its_own: bool
+) -> None:
+    loop = new_loop()
+    watchdog = LoopWatchdog(loop, threshold=0.1)
+    trigger = HelperBlocker(0.4, in_a_task_of_its_own)
+
+    async def run_as_the_runner_does() -> TriggerEvent:
+        with running_trigger(17, trigger):
+            return await first_event(trigger)
+
+    try:
+        loop.call_soon(watchdog.start, threading.get_ident())
+        assert loop.run_until_complete(run_as_the_runner_does()).payload == "unblocked"
+    finally:
+        watchdog.stop()
+        loop.close()
+    (stall,) = [r for r in records.records if "so far" in r.getMessage()]
+    assert stall.trigger == f"{__name__}.HelperBlocker"  # type: ignore[attr-defined]
+    assert stall.trigger_id == 17  # type: ignore[attr-defined]
+    assert "in _block_here" in stall.getMessage()

@@ -26,7 +26,7 @@ from celery_defer.serialization import dumps, loads
 from celery_defer.store import ExternalEvent, store_for
 from celery_defer.store.engine import utcnow
 from celery_defer.store.schema import external_events
-from celery_defer.triggerer.runtime import TriggererRuntime
+from celery_defer.triggerer.watchers import Watchers
 from celery_defer.triggers import ExternalEventTrigger
 
 pytestmark = pytest.mark.timeout(60)
@@ -88,7 +88,7 @@ class CountingStore:
 def test_a_hundred_waiters_cost_one_query_and_a_hint_one_more(store_url: str) -> None:
     app = make_app(store_url, defer_triggerer_heartbeat=5.0, defer_triggerer_health_timeout=30.0)
     store = CountingStore()
-    runtime = TriggererRuntime(app, store)  # type: ignore[arg-type]  # only latest_events
+    runtime = Watchers(app, store)  # type: ignore[arg-type]  # only latest_events
     now = datetime.now(timezone.utc).replace(tzinfo=None)
 
     async def scenario() -> list[Any]:

@@ -26,8 +26,8 @@ from inprocess import make_app
 from celery_defer import DeferrableTask, Triggerer, TriggerFailed
 from celery_defer.exceptions import InvalidDeferral
 from celery_defer.serialization import dumps, loads
-from celery_defer.task_results import fetch_ready, result_payload
 from celery_defer.triggers import TaskResultTrigger
+from celery_defer.triggers.result_backend import fetch_ready, result_payload
 
 pytestmark = pytest.mark.timeout(60)
 

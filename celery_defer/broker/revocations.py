@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Queue
 
-from celery_defer.listener import BrokerListener
+from celery_defer.broker.listener import BrokerListener
 
 if TYPE_CHECKING:
     from celery import Celery

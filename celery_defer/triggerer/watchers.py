@@ -1,4 +1,4 @@
-"""The triggerer's trigger runtime: one batched watcher per kind of wait.
+"""The triggerer's watchers: one batched watcher per kind of wait, as the triggers' runtime.
 
 A triggerer may run thousands of :class:`~celery_defer.triggers.TaskResultTrigger`
 and :class:`~celery_defer.triggers.ExternalEventTrigger` at once. Each of them
@@ -37,12 +37,12 @@ from celery_defer.exceptions import SerializationError, StoreError, TriggerFaile
 from celery_defer.external_events import matches, payload_of
 from celery_defer.settings import Settings
 from celery_defer.store import Store
-from celery_defer.task_results import fetch_ready
+from celery_defer.triggers.result_backend import fetch_ready
 
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["MIN_LOOKUP_GAP", "TriggererRuntime"]
+__all__ = ["MIN_LOOKUP_GAP", "Watchers"]
 
 logger = logging.getLogger("celery_defer.triggerer")
 
@@ -51,8 +51,12 @@ logger = logging.getLogger("celery_defer.triggerer")
 MIN_LOOKUP_GAP = 0.1
 
 
-class TriggererRuntime:
-    """The :class:`~celery_defer.triggers.context.TriggerRuntime` of a triggerer.
+class Watchers:
+    """A triggerer's watchers: the ``TriggerRuntime`` its triggers wait through.
+
+    Implements :class:`~celery_defer.triggers.context.TriggerRuntime`, the
+    protocol a trigger sees; eager mode has another implementation
+    (:class:`~celery_defer.eager.InlineRuntime`).
 
     Create it outside the loop; use it from the loop thread only, except
     :meth:`hint`, which the broker listener calls through

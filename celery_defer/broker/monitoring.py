@@ -14,8 +14,6 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from celery.signals import worker_init
-
 if TYPE_CHECKING:
     from celery import Celery, Task
 
@@ -24,13 +22,14 @@ logger = logging.getLogger(__name__)
 _sends_task_events: weakref.WeakKeyDictionary[Celery, bool] = weakref.WeakKeyDictionary()
 
 
-def _remember_task_events(sender: Any = None, **_: Any) -> None:
+def remember_task_events(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` handler: record whether this worker sends task events.
+
+    Connected by :mod:`celery_defer.wiring`.
+    """
     app = getattr(sender, "app", None)
     if app is not None:
         _sends_task_events[app] = bool(getattr(sender, "task_events", False))
-
-
-worker_init.connect(_remember_task_events, weak=False)
 
 
 def send(task: Task, event_type: str, **fields: Any) -> None:

@@ -4,7 +4,7 @@ A deferring task publishes a tiny message after its transaction commits; a
 triggerer consumes the queue and wakes its claim loop. Notices are hints, not
 the source of truth: a lost notice only delays a trigger until the
 triggerer's periodic scan of the store, so publishing is best-effort and
-consuming does not ack-track (see :mod:`celery_defer.listener`).
+consuming does not ack-track (see :mod:`celery_defer.broker.listener`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kombu import Exchange, Queue
 
-from celery_defer.listener import HINT_TTL, BrokerListener, publish_hint
+from celery_defer.broker.listener import HINT_TTL, BrokerListener, publish_hint
 from celery_defer.settings import Settings
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""``celery defer list``, ``show``, ``cancel`` and ``stats``: looking into the store.
+"""``celery defer list``, ``show`` and ``stats``: looking into the store, read-only.
 
 Subcommands of the ``celery defer`` group (:mod:`celery_defer.cli` adds them).
 Each prints an aligned table for people, or with ``--json`` one JSON document
@@ -17,24 +17,17 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
-from celery.bin.base import CeleryCommand
 
 from celery_defer import encryption, serialization
-from celery_defer.codec import codec_for
+from celery_defer.cli.base import DeferCommand, app_and_store, json_option, unknown_deferral
 from celery_defer.exceptions import CeleryDeferError
 from celery_defer.settings import Settings
-from celery_defer.store import RUNNING, Store, store_for
 from celery_defer.store.records import STATES, DeferralDetail, DeferralSummary, StoreStats
 
 if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = ["COMMANDS", "reveal"]
-
-_json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON document instead of a table."
-)
-
 
 #: What :func:`reveal` gives for a value encrypted at rest: a JSON string, which no
 #: stored kwargs, trigger kwargs or outcome (all JSON objects) can be.
@@ -95,15 +88,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def _store(ctx: click.Context) -> tuple[Celery, Store]:
-    app: Celery = ctx.obj.app
-    try:
-        codec_for(app)  # a bad defer_encryption_keys fails every command, before any output
-        return app, store_for(app)
-    except CeleryDeferError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _summary_json(row: DeferralSummary, now: datetime) -> dict[str, Any]:
     return {
         "task_id": row.task_id,
@@ -121,14 +105,7 @@ def _summary_json(row: DeferralSummary, now: datetime) -> dict[str, Any]:
     }
 
 
-def _unknown(task_id: str) -> click.ClickException:
-    return click.ClickException(
-        f"no deferral for task {task_id}: it never deferred, or it already finished, or it "
-        "was cancelled (the store forgets a deferral once its task resumed and ended)"
-    )
-
-
-@click.command("list", cls=CeleryCommand)
+@click.command("list", cls=DeferCommand)
 @click.option(
     "--state",
     "states",
@@ -151,7 +128,7 @@ def _unknown(task_id: str) -> click.ClickException:
     show_default=True,
     help="Most deferrals shown, oldest first.",
 )
-@_json_option
+@json_option
 @click.pass_context
 def list_command(
     ctx: click.Context,
@@ -162,11 +139,8 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List deferrals, oldest first (never their kwargs: see `show`)."""
-    _, store = _store(ctx)
-    try:
-        rows = store.list_deferrals(states, task_name, trigger_contains, limit)
-    except CeleryDeferError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _, store = app_and_store(ctx)
+    rows = store.list_deferrals(states, task_name, trigger_contains, limit)
     now = datetime.now(timezone.utc)
     if as_json:
         click.echo(json.dumps([_summary_json(row, now) for row in rows], indent=2))
@@ -228,19 +202,16 @@ def _value_text(text: str | None) -> str:
         return text
 
 
-@click.command("show", cls=CeleryCommand)
+@click.command("show", cls=DeferCommand)
 @click.argument("task_id")
-@_json_option
+@json_option
 @click.pass_context
 def show_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """Show one deferral, with its kwargs and trigger kwargs."""
-    app, store = _store(ctx)
-    try:
-        detail: DeferralDetail | None = store.describe_deferral(task_id)
-    except CeleryDeferError as exc:
-        raise click.ClickException(str(exc)) from exc
+    app, store = app_and_store(ctx)
+    detail: DeferralDetail | None = store.describe_deferral(task_id)
     if detail is None:
-        raise _unknown(task_id)
+        raise unknown_deferral(task_id)
     now = datetime.now(timezone.utc)
     kwargs = reveal(app, detail.kwargs)
     trigger_kwargs = None if detail.trigger_kwargs is None else reveal(app, detail.trigger_kwargs)
@@ -286,74 +257,6 @@ def show_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
         click.echo(f"{name.ljust(width)}  {value}")
 
 
-@click.command("cancel", cls=CeleryCommand)
-@click.argument("task_id")
-@_json_option
-@click.pass_context
-def cancel_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """Cancel a deferred task as a revoke would: it ends REVOKED."""
-    app, store = _store(ctx)
-    try:
-        before = store.get_deferral(task_id)
-        if before is None:
-            raise _unknown(task_id)
-        if before.state == RUNNING:
-            raise click.ClickException(
-                f"task {task_id} is running on a worker now (it resumed): not cancelled; "
-                "use `celery control revoke --terminate` for a running task"
-            )
-        cancelled = store.cancel_deferrals([task_id])
-    except CeleryDeferError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if task_id not in cancelled.task_ids:
-        raise click.ClickException(
-            f"task {task_id} left its deferral meanwhile (it resumed or finished): not cancelled"
-        )
-    try:
-        app.backend.mark_as_revoked(
-            task_id, reason="cancelled while deferred (celery defer cancel)"
-        )
-    except Exception as exc:
-        raise click.ClickException(
-            f"the deferral of task {task_id} is cancelled, but recording it as REVOKED in the "
-            f"result backend failed: {exc}"
-        ) from exc
-    timeout = Settings.from_app(app).triggerer_health_timeout
-    if cancelled.trigger_ids:
-        trigger_note = (
-            f"its trigger {', '.join(map(str, cancelled.trigger_ids))} is deleted; the triggerer "
-            f"running it stops it (cleanup() runs) at its next reconciliation, within "
-            f"defer_triggerer_health_timeout ({timeout:g}s)"
-        )
-    elif before.trigger_id is not None:
-        trigger_note = f"its trigger {before.trigger_id} keeps running for other waiting tasks"
-    else:
-        trigger_note = (
-            "its trigger had already fired; a resume already sent is dropped by the worker"
-        )
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "task_id": task_id,
-                    "task_name": before.task_name,
-                    "cancelled": True,
-                    "previous_state": before.state,
-                    "state": "REVOKED",
-                    "deleted_trigger_ids": cancelled.trigger_ids,
-                    "note": trigger_note,
-                },
-                indent=2,
-            )
-        )
-        return
-    click.echo(
-        f"cancelled deferred task {task_id} ({before.task_name}, was {before.state}); "
-        f"its result is REVOKED"
-    )
-    click.echo(trigger_note)
-
-
 def _stats_json(stats: StoreStats, now: datetime, health_timeout: float) -> dict[str, Any]:
     triggerers = []
     for t in stats.triggerers:
@@ -391,16 +294,13 @@ def _stats_json(stats: StoreStats, now: datetime, health_timeout: float) -> dict
     }
 
 
-@click.command("stats", cls=CeleryCommand)
-@_json_option
+@click.command("stats", cls=DeferCommand)
+@json_option
 @click.pass_context
 def stats_command(ctx: click.Context, as_json: bool) -> None:
     """Triggerers and their load, deferrals by state, the oldest deferral."""
-    app, store = _store(ctx)
-    try:
-        stats = store.stats()
-    except CeleryDeferError as exc:
-        raise click.ClickException(str(exc)) from exc
+    app, store = app_and_store(ctx)
+    stats = store.stats()
     now = datetime.now(timezone.utc)
     document = _stats_json(stats, now, Settings.from_app(app).triggerer_health_timeout)
     if as_json:
@@ -445,4 +345,4 @@ def stats_command(ctx: click.Context, as_json: bool) -> None:
 
 
 #: The commands :mod:`celery_defer.cli` adds to the ``celery defer`` group.
-COMMANDS = (list_command, show_command, cancel_command, stats_command)
+COMMANDS = (list_command, show_command, stats_command)
