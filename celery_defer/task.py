@@ -32,7 +32,7 @@ from celery_defer.settings import Settings
 from celery_defer.store import NewDeferral, store_for
 from celery_defer.triggers.base import BaseTrigger
 from celery_defer.validation import check_deferral
-from celery_defer.wire import RESUME_HEADER, ResumeHeader, deadline_of, snapshot_request
+from celery_defer.wire import ResumeHeader, deadline_of, snapshot_request
 from celery_defer.worker.outage import resend_later
 from celery_defer.worker.resuming import resume
 
@@ -202,36 +202,3 @@ def _warn_if_outlives_results(task: Task, timeout_at: datetime | None) -> None:
             expires,
             extra={"task_id": task.request.id},
         )
-
-
-def _forget_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    """A worker discarded a revoked (or expired) resume: forget its deferral.
-
-    With a triggerer running, a revoke is handled there at once; this covers a
-    revoke that no triggerer heard, and a resume that expired in the queue.
-    """
-    if not isinstance(sender, DeferrableTask) or request is None or not request.id:
-        return
-    try:
-        store_for(sender.app).cancel_deferrals([request.id])
-    except StoreError as exc:
-        logger.warning("could not forget the deferral of revoked task %s: %s", request.id, exc)
-
-
-def _forget_unknown(sender: Any = None, message: Any = None, **kwargs: Any) -> None:
-    """A worker rejected a resume of a task it does not know: forget its deferral.
-
-    Celery fails an unregistered task with ``NotRegistered`` and drops its
-    message (celery/worker/consumer/consumer.py ``on_unknown_task``). The
-    deferral, left ``resumed`` in the store, would be listed as waiting for
-    ever and re-sent by the sweep, failing again each time.
-    """
-    task_id = kwargs.get("id")
-    headers = getattr(message, "headers", None) or {}
-    app = getattr(sender, "app", None)
-    if RESUME_HEADER not in headers or not task_id or app is None:
-        return
-    try:
-        store_for(app).cancel_deferrals([task_id])
-    except StoreError as exc:
-        logger.warning("could not forget the deferral of unknown task %s: %s", task_id, exc)

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import task_revoked, task_unknown, worker_init
 
 from celery_defer.broker.monitoring import remember_task_events
+from celery_defer.revoking import forget_revoked, forget_unknown
 from celery_defer.settings import Settings
 from celery_defer.sweep import SWEEP_TASK_NAME, sweep
-from celery_defer.task import _forget_revoked, _forget_unknown
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -70,6 +70,6 @@ def install(app: Celery) -> None:
         app.on_after_configure.connect(add_entry, weak=False)
 
 
-task_revoked.connect(_forget_revoked, weak=False)
-task_unknown.connect(_forget_unknown, weak=False)
+task_revoked.connect(forget_revoked, weak=False)
+task_unknown.connect(forget_unknown, weak=False)
 worker_init.connect(remember_task_events, weak=False)

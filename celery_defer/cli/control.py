@@ -15,6 +15,7 @@ from celery_defer.cli.base import DeferCommand, app_and_store, json_option, unkn
 from celery_defer.codec import codec_for
 from celery_defer.exceptions import EncryptionError
 from celery_defer.external_events import send_event
+from celery_defer.revoking import cancel
 from celery_defer.settings import Settings
 from celery_defer.store import RUNNING, store_for
 from celery_defer.store.schema import SCHEMA_VERSION
@@ -45,20 +46,17 @@ def cancel_command(ctx: click.Context, task_id: str, as_json: bool) -> None:
             f"task {task_id} is running on a worker now (it resumed): not cancelled; "
             "use `celery control revoke --terminate` for a running task"
         )
-    cancelled = store.cancel_deferrals([task_id])
+    done = cancel(app, store, [task_id], reason="cancelled while deferred (celery defer cancel)")
+    cancelled = done.cancelled
     if task_id not in cancelled.task_ids:
         raise click.ClickException(
             f"task {task_id} left its deferral meanwhile (it resumed or finished): not cancelled"
         )
-    try:
-        app.backend.mark_as_revoked(
-            task_id, reason="cancelled while deferred (celery defer cancel)"
-        )
-    except Exception as exc:
+    if task_id in done.unrecorded:
         raise click.ClickException(
             f"the deferral of task {task_id} is cancelled, but recording it as REVOKED in the "
-            f"result backend failed: {exc}"
-        ) from exc
+            f"result backend failed: {done.unrecorded[task_id]}"
+        )
     timeout = Settings.from_app(app).triggerer_health_timeout
     if cancelled.trigger_ids:
         trigger_note = (

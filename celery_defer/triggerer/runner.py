@@ -23,10 +23,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery_defer.codec import codec_for
 from celery_defer.exceptions import SerializationError, StoreError, TriggerFailed
+from celery_defer.revoking import cancel
 from celery_defer.settings import Settings
 from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
 from celery_defer.triggerer.firing import ResumePipeline
@@ -310,26 +312,23 @@ class TriggerRunner:
 
     async def _revoke(self, task_ids: list[str]) -> None:
         try:
-            cancelled = await self._call(self.store.cancel_deferrals, task_ids)
+            done = await self._call(
+                partial(cancel, self.app, self.store, task_ids, reason="revoked while deferred")
+            )
         except StoreError as exc:
             logger.warning("could not cancel the deferrals of revoked tasks %s: %s", task_ids, exc)
             return
+        cancelled = done.cancelled
         if not cancelled.task_ids:
             return  # not deferred, or another triggerer got there first
+        for task_id, error in done.unrecorded.items():
+            logger.error("could not record task %s as revoked: %s", task_id, error)
         # Stopping a trigger runs its cleanup(); one held by another
         # triggerer stops at that triggerer's next reconciliation.
         await self._cancel_triggers([i for i in cancelled.trigger_ids if i in self.running])
-        await self._call(self._mark_revoked, cancelled.task_ids)
         logger.info(
             "revoked deferred tasks %s", cancelled.task_ids, extra={"task_ids": cancelled.task_ids}
         )
-
-    def _mark_revoked(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            try:
-                self.app.backend.mark_as_revoked(task_id, reason="revoked while deferred")
-            except Exception:
-                logger.exception("could not record task %s as revoked", task_id)
 
     # -- heartbeat and reconciliation --------------------------------------
 
