@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from celery_defer import resume
+from celery_defer.broker import resumes
 from celery_defer.settings import Settings
 from celery_defer.store import ResumeOrder, store_for
 from celery_defer.wire import Outcome
@@ -123,5 +123,5 @@ def _publish(app: Celery, orders: list[ResumeOrder]) -> None:
     # otherwise take the sweep as the parent of every resumed task
     # (celery/app/base.py send_task reads current_worker_task, thread-local).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-defer-sweep") as pool:
-        sent = pool.submit(resume.publish, app, orders).result()
+        sent = pool.submit(resumes.publish, app, orders).result()
     store_for(app).mark_resumed(sent)

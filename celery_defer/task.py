@@ -11,7 +11,7 @@ message, so the worker slot is free.
 
 A resume is the same task id re-sent with the :data:`~celery_defer.wire.RESUME_HEADER`
 header: :mod:`celery_defer.worker.resuming` runs it; eager executions run
-their trigger inline (:mod:`celery_defer.eager`).
+their trigger inline (:mod:`celery_defer.worker.eager`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from celery.exceptions import Ignore
 
 from celery_defer.broker import monitoring, notices
 from celery_defer.codec import codec_for
-from celery_defer.eager import call_inline
 from celery_defer.exceptions import InvalidDeferral, StoreError, TaskDeferred, TriggerTimeout
 from celery_defer.settings import Settings
 from celery_defer.store import NewDeferral, store_for
 from celery_defer.triggers.base import BaseTrigger
 from celery_defer.validation import check_deferral
 from celery_defer.wire import ResumeHeader, deadline_of, snapshot_request
+from celery_defer.worker.eager import call_inline
 from celery_defer.worker.outage import resend_later
 from celery_defer.worker.resuming import resume
 

@@ -1,7 +1,7 @@
 """Reading resume orders from deferral rows: the columns, and the record they make.
 
 Firing, the timeout sweep and the recovery sweeps all hand the same
-:class:`~celery_defer.store.records.ResumeOrder` to :mod:`celery_defer.resume`;
+:class:`~celery_defer.store.records.ResumeOrder` to :mod:`celery_defer.broker.resumes`;
 they select these columns so that one function builds it.
 """
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from celery_defer import resume
+from celery_defer.broker import resumes
 from celery_defer.exceptions import StoreError
 from celery_defer.store import ResumeOrder, Store, TriggerOutcome
 
@@ -99,7 +99,7 @@ class ResumePipeline:
 
     async def _publish(self, orders: list[ResumeOrder]) -> bool:
         """Publish resumes; keep those the broker was away for. True if all went."""
-        sent, unsent = await self._call(resume.publish_until_unreachable, self.app, orders)
+        sent, unsent = await self._call(resumes.publish_until_unreachable, self.app, orders)
         if sent:
             self._published.extend(sent)
             self._published_ready.set()

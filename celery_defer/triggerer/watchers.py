@@ -56,7 +56,7 @@ class Watchers:
 
     Implements :class:`~celery_defer.triggers.context.TriggerRuntime`, the
     protocol a trigger sees; eager mode has another implementation
-    (:class:`~celery_defer.eager.InlineRuntime`).
+    (:class:`~celery_defer.worker.eager.InlineRuntime`).
 
     Create it outside the loop; use it from the loop thread only, except
     :meth:`hint`, which the broker listener calls through

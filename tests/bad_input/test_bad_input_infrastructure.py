@@ -112,7 +112,7 @@ def test_broker_unreachable_at_resume_time_is_published_later_and_resumes_once(
         task_default_queue=conf.task_default_queue,
         broker_write_url=DEAD_BROKER,  # it cannot publish; it reads notices as before
     )
-    resume_log = caplog.at_level(logging.WARNING, logger="celery_defer.resume")
+    resume_log = caplog.at_level(logging.WARNING, logger="celery_defer.broker.resumes")
     with resume_log, Triggerer(cut_off):
         late = live.defer("good", tag="late")
         also = live.defer("good", tag="also late")

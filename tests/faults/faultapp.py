@@ -86,14 +86,14 @@ app.register_task(WaitUntil())
 def _install_fault_hooks() -> None:
     marker = env.get("FAULT_HANG_BEFORE_PUBLISH")
     if marker:
-        from celery_defer import resume
+        from celery_defer.broker import resumes
 
         def hang(app: Any, orders: Any) -> Any:
             Path(marker).write_text(str(len(orders)))
             while True:  # the events are stored; their resumes are never sent
                 time.sleep(3600)
 
-        resume.publish_until_unreachable = hang  # type: ignore[assignment]
+        resumes.publish_until_unreachable = hang  # type: ignore[assignment]
 
     if env.get("FAULT_PARTITIONED"):
         from celery_defer.triggerer import runner
