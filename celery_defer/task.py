@@ -93,10 +93,13 @@ class DeferrableTask(Task):  # type: ignore[misc]
             deferred = raised
         # Outside the except block: a refusal must not show the deferral as its context.
         self._defer(deferred, started)
+        # Raised here, not deeper: the tracer formats this traceback twice (billiard's
+        # ExceptionInfo, celery/app/trace.py handle_ignore), each frame at a cost.
+        raise Ignore()
 
     # -- deferring --------------------------------------------------------
 
-    def _defer(self, deferred: TaskDeferred, started: datetime) -> NoReturn:
+    def _defer(self, deferred: TaskDeferred, started: datetime) -> None:
         settings = Settings.from_app(self.app)
         codec = codec_for(self.app)
         checked = check_deferral(self, deferred, settings.max_kwargs_bytes)
@@ -159,7 +162,6 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 "generation": stored.generation,
             },
         )
-        raise Ignore()
 
     # -- total deadline ---------------------------------------------------
 
