@@ -21,7 +21,7 @@ from celery_defer.exceptions import CeleryDeferError, EncryptionError
 from celery_defer.external_events import send_event
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
-from celery_defer.store.schema import SCHEMA_VERSION
+from celery_defer.store.sql import SCHEMA_VERSION
 from celery_defer.triggerer import Triggerer
 
 

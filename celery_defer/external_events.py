@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue
@@ -78,12 +78,8 @@ def send_event(app: Celery, key: str, payload: Any = None) -> int:
 
 
 def matches(event: ExternalEvent, since: datetime | None) -> bool:
-    """Whether ``event`` (naive UTC ``created_at``) is at or after ``since``."""
-    if since is None:
-        return True
-    if since.utcoffset() is not None:
-        since = since.astimezone(timezone.utc).replace(tzinfo=None)
-    return event.created_at >= since
+    """Whether ``event`` was sent at or after ``since`` (both aware, as the trigger keeps it)."""
+    return since is None or event.created_at >= since
 
 
 def payload_of(event: ExternalEvent) -> Any:

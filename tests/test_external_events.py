@@ -25,8 +25,7 @@ from celery_defer.external_events import announce_event, event_hint_listener
 from celery_defer.listener import BrokerListener
 from celery_defer.serialization import loads
 from celery_defer.store import SqlStore, store_for
-from celery_defer.store.engine import utcnow
-from celery_defer.store.schema import SCHEMA_VERSION, external_events, schema_info
+from celery_defer.store.sql.schema import SCHEMA_VERSION, external_events, schema_info
 from celery_defer.sweep import sweep
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,7 +72,7 @@ def test_the_sweep_deletes_events_past_the_retention(store_url: str) -> None:
         conn.execute(
             sa.update(external_events)
             .where(external_events.c.key == "old")
-            .values(created_at=utcnow() - timedelta(minutes=2))
+            .values(created_at=datetime.now(timezone.utc) - timedelta(minutes=2))
         )
     report = sweep(app)
     assert report.events_deleted == 3
@@ -153,7 +152,7 @@ def backdate(store: SqlStore, event_id: int, age: timedelta) -> None:
         conn.execute(
             sa.update(external_events)
             .where(external_events.c.id == event_id)
-            .values(created_at=utcnow() - age)
+            .values(created_at=datetime.now(timezone.utc) - age)
         )
 
 
@@ -168,7 +167,7 @@ def test_latest_events_gives_the_newest_of_each_key_since_a_cutoff(events_store:
         ["a", "b", "c", "missing"], datetime.now(timezone.utc) - timedelta(hours=1)
     )
     assert {key: event.payload for key, event in found.items()} == {"a": '"a2"', "c": '"c1"'}
-    assert found["c"].created_at <= utcnow()
+    assert found["c"].created_at <= datetime.now(timezone.utc)
     assert events_store.latest_events([], datetime(2000, 1, 1)) == {}
 
 
