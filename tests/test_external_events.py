@@ -39,7 +39,9 @@ MakeStore = Callable[[str], SqlStore]
 def test_send_event_stores_the_payload_with_its_types(app: Celery) -> None:
     moment = datetime(2030, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
     event_id = celery_defer.send_event(app, "invoice:9", {"at": moment, "lines": (1, 2)})
-    stored = store_for(app).latest_events(["invoice:9"], datetime(2000, 1, 1))["invoice:9"]
+    stored = store_for(app).latest_events(["invoice:9"], datetime(2000, 1, 1, tzinfo=timezone.utc))[
+        "invoice:9"
+    ]
     assert stored.id == event_id
     assert loads(stored.payload) == {"at": moment, "lines": (1, 2)}
 
@@ -59,7 +61,7 @@ def test_a_bad_event_is_refused_and_nothing_is_stored(
 ) -> None:
     with pytest.raises(InvalidEvent, match=message):
         celery_defer.send_event(app, key, payload)
-    assert store_for(app).latest_events(["k"], datetime(2000, 1, 1)) == {}
+    assert store_for(app).latest_events(["k"], datetime(2000, 1, 1, tzinfo=timezone.utc)) == {}
 
 
 def test_the_sweep_deletes_events_past_the_retention(store_url: str) -> None:
@@ -76,7 +78,9 @@ def test_the_sweep_deletes_events_past_the_retention(store_url: str) -> None:
         )
     report = sweep(app)
     assert report.events_deleted == 3
-    assert set(store.latest_events(["old", "new"], datetime(2000, 1, 1))) == {"new"}
+    assert set(store.latest_events(["old", "new"], datetime(2000, 1, 1, tzinfo=timezone.utc))) == {
+        "new"
+    }
     assert sweep(app).events_deleted == 0
 
 
@@ -168,14 +172,14 @@ def test_latest_events_gives_the_newest_of_each_key_since_a_cutoff(events_store:
     )
     assert {key: event.payload for key, event in found.items()} == {"a": '"a2"', "c": '"c1"'}
     assert found["c"].created_at <= datetime.now(timezone.utc)
-    assert events_store.latest_events([], datetime(2000, 1, 1)) == {}
+    assert events_store.latest_events([], datetime(2000, 1, 1, tzinfo=timezone.utc)) == {}
 
 
 def test_latest_events_takes_thousands_of_keys_in_one_call(events_store: SqlStore) -> None:
     keys = [f"job:{n}" for n in range(2500)]
     for key in keys[::500]:
         events_store.add_event(key, f'"{key}"')
-    found = events_store.latest_events(keys, datetime(2000, 1, 1))
+    found = events_store.latest_events(keys, datetime(2000, 1, 1, tzinfo=timezone.utc))
     assert sorted(found) == sorted(keys[::500])
 
 
@@ -188,7 +192,10 @@ def test_delete_events_removes_the_old_ones_in_bounded_batches(events_store: Sql
     assert events_store.delete_events(cutoff, 3) == 3
     assert events_store.delete_events(cutoff, 3) == 2
     assert events_store.delete_events(cutoff, 3) == 0
-    assert events_store.latest_events(["k"], datetime(2000, 1, 1))["k"].payload == '"new"'
+    assert (
+        events_store.latest_events(["k"], datetime(2000, 1, 1, tzinfo=timezone.utc))["k"].payload
+        == '"new"'
+    )
 
 
 def test_a_version_1_store_is_upgraded_with_the_events_table(events_store: SqlStore) -> None:
@@ -201,9 +208,9 @@ def test_a_version_1_store_is_upgraded_with_the_events_table(events_store: SqlSt
         upgraded.create_schema()
         assert upgraded.schema_version() == SCHEMA_VERSION == 2
         upgraded.add_event("after-upgrade", "1")
-        assert set(upgraded.latest_events(["after-upgrade"], datetime(2000, 1, 1))) == {
-            "after-upgrade"
-        }
+        assert set(
+            upgraded.latest_events(["after-upgrade"], datetime(2000, 1, 1, tzinfo=timezone.utc))
+        ) == {"after-upgrade"}
     finally:
         upgraded.close()
 
@@ -255,7 +262,9 @@ def test_send_event_command_stores_the_event(project: Path) -> None:
     assert "sent event 'approval:7'" in done.stdout
     store = SqlStore(f"sqlite:///{project / 'store.sqlite3'}")
     try:
-        event = store.latest_events(["approval:7"], datetime(2000, 1, 1))["approval:7"]
+        event = store.latest_events(["approval:7"], datetime(2000, 1, 1, tzinfo=timezone.utc))[
+            "approval:7"
+        ]
         assert loads(event.payload) == {"approved": True, "by": "alice"}
     finally:
         store.close()

@@ -226,6 +226,6 @@ def test_eager_mode_resumes_on_a_stored_event(store_url: str) -> None:
 
     celery_defer.send_event(app, "eager:1", {"ok": True})
     assert eager_event.delay().get() == {"ok": True}
-    assert store_for(app).latest_events(["eager:1"], datetime(2000, 1, 1))["eager:1"].key == (
+    assert store_for(app).latest_events(["eager:1"], datetime(2000, 1, 1, tzinfo=timezone.utc))[
         "eager:1"
-    )
+    ].key == ("eager:1")
