@@ -67,11 +67,10 @@ class SqlStore(Store):
 
     def __init__(self, url: str, *, create_schema: bool = True, clock: Clock | None = None) -> None:
         try:
-            parsed = make_url(url)
+            make_url(url)
         except ArgumentError as exc:
             raise ConfigurationError(f"defer_database_url is not a database URL: {url!r}") from exc
         self.url = url
-        self.dialect = parsed.get_backend_name()
         self.engine: Engine = create_store_engine(url)
         self.clock: Clock = clock or system_clock
         self._schema_checked = not create_schema
