@@ -345,7 +345,7 @@ class Run:
         from celery.app.task import Context
 
         from celery_defer import serialization, wire
-        from celery_defer.store.schema import deferrals, triggers
+        from celery_defer.store.sql.schema import deferrals, triggers
         from celery_defer.triggers import DateTimeTrigger
 
         # The module's own app has the tasks registered; only their serializer
@@ -361,7 +361,7 @@ class Run:
             ),
         )
         kwargs = serialization.dumps({})
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(timezone.utc)
         ids: list[str] = []
         for start in range(0, len(moments), chunk):
             part = moments[start : start + chunk]

@@ -10,7 +10,7 @@ them with :func:`matches` and :func:`payload_of`.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery_defer import serialization
@@ -64,12 +64,8 @@ def send_event(app: Celery, key: str, payload: Any = None) -> int:
 
 
 def matches(event: ExternalEvent, since: datetime | None) -> bool:
-    """Whether ``event`` (naive UTC ``created_at``) is at or after ``since``."""
-    if since is None:
-        return True
-    if since.utcoffset() is not None:
-        since = since.astimezone(timezone.utc).replace(tzinfo=None)
-    return event.created_at >= since
+    """Whether ``event`` was sent at or after ``since`` (both aware, as the trigger keeps it)."""
+    return since is None or event.created_at >= since
 
 
 def payload_of(event: ExternalEvent) -> Any:

@@ -41,7 +41,7 @@ from celery_defer.exceptions import ConfigurationError, EncryptionError
 from celery_defer.serialization import dumps, loads
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
-from celery_defer.store.schema import deferrals, triggers
+from celery_defer.store.sql.schema import deferrals, triggers
 from celery_defer.testing import SuccessTrigger, wait_until_deferred
 from celery_defer.triggers import ExternalEventTrigger, TriggerEvent
 

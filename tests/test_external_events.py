@@ -25,8 +25,7 @@ from celery_defer.broker.listener import BrokerListener
 from celery_defer.exceptions import InvalidEvent
 from celery_defer.serialization import loads
 from celery_defer.store import SqlStore, store_for
-from celery_defer.store.engine import utcnow
-from celery_defer.store.schema import SCHEMA_VERSION, external_events, schema_info
+from celery_defer.store.sql.schema import SCHEMA_VERSION, external_events, schema_info
 from celery_defer.sweep import sweep
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,7 +39,9 @@ MakeStore = Callable[[str], SqlStore]
 def test_send_event_stores_the_payload_with_its_types(app: Celery) -> None:
     moment = datetime(2030, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
     event_id = celery_defer.send_event(app, "invoice:9", {"at": moment, "lines": (1, 2)})
-    stored = store_for(app).latest_events(["invoice:9"], datetime(2000, 1, 1))["invoice:9"]
+    stored = store_for(app).latest_events(["invoice:9"], datetime(2000, 1, 1, tzinfo=timezone.utc))[
+        "invoice:9"
+    ]
     assert stored.id == event_id
     assert loads(stored.payload) == {"at": moment, "lines": (1, 2)}
 
@@ -60,7 +61,7 @@ def test_a_bad_event_is_refused_and_nothing_is_stored(
 ) -> None:
     with pytest.raises(InvalidEvent, match=message):
         celery_defer.send_event(app, key, payload)
-    assert store_for(app).latest_events(["k"], datetime(2000, 1, 1)) == {}
+    assert store_for(app).latest_events(["k"], datetime(2000, 1, 1, tzinfo=timezone.utc)) == {}
 
 
 def test_the_sweep_deletes_events_past_the_retention(store_url: str) -> None:
@@ -73,11 +74,13 @@ def test_the_sweep_deletes_events_past_the_retention(store_url: str) -> None:
         conn.execute(
             sa.update(external_events)
             .where(external_events.c.key == "old")
-            .values(created_at=utcnow() - timedelta(minutes=2))
+            .values(created_at=datetime.now(timezone.utc) - timedelta(minutes=2))
         )
     report = sweep(app)
     assert report.events_deleted == 3
-    assert set(store.latest_events(["old", "new"], datetime(2000, 1, 1))) == {"new"}
+    assert set(store.latest_events(["old", "new"], datetime(2000, 1, 1, tzinfo=timezone.utc))) == {
+        "new"
+    }
     assert sweep(app).events_deleted == 0
 
 
@@ -153,7 +156,7 @@ def backdate(store: SqlStore, event_id: int, age: timedelta) -> None:
         conn.execute(
             sa.update(external_events)
             .where(external_events.c.id == event_id)
-            .values(created_at=utcnow() - age)
+            .values(created_at=datetime.now(timezone.utc) - age)
         )
 
 
@@ -168,15 +171,15 @@ def test_latest_events_gives_the_newest_of_each_key_since_a_cutoff(events_store:
         ["a", "b", "c", "missing"], datetime.now(timezone.utc) - timedelta(hours=1)
     )
     assert {key: event.payload for key, event in found.items()} == {"a": '"a2"', "c": '"c1"'}
-    assert found["c"].created_at <= utcnow()
-    assert events_store.latest_events([], datetime(2000, 1, 1)) == {}
+    assert found["c"].created_at <= datetime.now(timezone.utc)
+    assert events_store.latest_events([], datetime(2000, 1, 1, tzinfo=timezone.utc)) == {}
 
 
 def test_latest_events_takes_thousands_of_keys_in_one_call(events_store: SqlStore) -> None:
     keys = [f"job:{n}" for n in range(2500)]
     for key in keys[::500]:
         events_store.add_event(key, f'"{key}"')
-    found = events_store.latest_events(keys, datetime(2000, 1, 1))
+    found = events_store.latest_events(keys, datetime(2000, 1, 1, tzinfo=timezone.utc))
     assert sorted(found) == sorted(keys[::500])
 
 
@@ -189,7 +192,10 @@ def test_delete_events_removes_the_old_ones_in_bounded_batches(events_store: Sql
     assert events_store.delete_events(cutoff, 3) == 3
     assert events_store.delete_events(cutoff, 3) == 2
     assert events_store.delete_events(cutoff, 3) == 0
-    assert events_store.latest_events(["k"], datetime(2000, 1, 1))["k"].payload == '"new"'
+    assert (
+        events_store.latest_events(["k"], datetime(2000, 1, 1, tzinfo=timezone.utc))["k"].payload
+        == '"new"'
+    )
 
 
 def test_a_version_1_store_is_upgraded_with_the_events_table(events_store: SqlStore) -> None:
@@ -202,9 +208,9 @@ def test_a_version_1_store_is_upgraded_with_the_events_table(events_store: SqlSt
         upgraded.create_schema()
         assert upgraded.schema_version() == SCHEMA_VERSION == 2
         upgraded.add_event("after-upgrade", "1")
-        assert set(upgraded.latest_events(["after-upgrade"], datetime(2000, 1, 1))) == {
-            "after-upgrade"
-        }
+        assert set(
+            upgraded.latest_events(["after-upgrade"], datetime(2000, 1, 1, tzinfo=timezone.utc))
+        ) == {"after-upgrade"}
     finally:
         upgraded.close()
 
@@ -256,7 +262,9 @@ def test_send_event_command_stores_the_event(project: Path) -> None:
     assert "sent event 'approval:7'" in done.stdout
     store = SqlStore(f"sqlite:///{project / 'store.sqlite3'}")
     try:
-        event = store.latest_events(["approval:7"], datetime(2000, 1, 1))["approval:7"]
+        event = store.latest_events(["approval:7"], datetime(2000, 1, 1, tzinfo=timezone.utc))[
+            "approval:7"
+        ]
         assert loads(event.payload) == {"approved": True, "by": "alice"}
     finally:
         store.close()

@@ -18,7 +18,7 @@ from celery_defer.external_events import send_event
 from celery_defer.revoking import cancel
 from celery_defer.settings import Settings
 from celery_defer.store import RUNNING, store_for
-from celery_defer.store.schema import SCHEMA_VERSION
+from celery_defer.store.sql import SCHEMA_VERSION
 
 __all__ = ["COMMANDS", "cancel_command", "init_db", "rotate_keys", "send_event_command"]
 

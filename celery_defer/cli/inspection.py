@@ -46,19 +46,12 @@ def reveal(app: Celery, stored: str) -> str:
     return SEALED if encryption.is_sealed(stored) else stored
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # The store's columns hold naive UTC.
-    return None if moment is None else moment.replace(tzinfo=timezone.utc)
-
-
 def _iso(moment: datetime | None) -> str | None:
-    aware = _utc(moment)
-    return None if aware is None else aware.isoformat()
+    return None if moment is None else moment.isoformat()
 
 
 def _seconds_since(moment: datetime | None, now: datetime) -> float | None:
-    aware = _utc(moment)
-    return None if aware is None else round((now - aware).total_seconds(), 3)
+    return None if moment is None else round((now - moment).total_seconds(), 3)
 
 
 def _duration(seconds: float | None) -> str:

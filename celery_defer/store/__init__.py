@@ -14,7 +14,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from celery_defer.settings import Settings
-from celery_defer.store.base import Store
+from celery_defer.store.base import Clock, Store, system_clock
 from celery_defer.store.records import (
     DEFERRED,
     FIRING,
@@ -23,6 +23,7 @@ from celery_defer.store.records import (
     Cancelled,
     ClaimedTrigger,
     DeferralInfo,
+    DeferralState,
     ExternalEvent,
     NewDeferral,
     ResumeOrder,
@@ -41,7 +42,9 @@ __all__ = [
     "RESUMED",
     "RUNNING",
     "ClaimedTrigger",
+    "Clock",
     "DeferralInfo",
+    "DeferralState",
     "ExternalEvent",
     "NewDeferral",
     "ResumeOrder",
@@ -50,6 +53,7 @@ __all__ = [
     "StoredDeferral",
     "TriggerOutcome",
     "store_for",
+    "system_clock",
 ]
 
 _stores: weakref.WeakKeyDictionary[Celery, tuple[int, Store]] = weakref.WeakKeyDictionary()

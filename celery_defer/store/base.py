@@ -4,13 +4,17 @@ Callers (task side, triggerer, sweep, CLI) only use these methods; each is one
 transaction. Implementations translate their driver's errors into
 :class:`~celery_defer.exceptions.StoreError` so nothing above ``store/``
 handles database exceptions.
+
+Every datetime crossing this interface is timezone-aware UTC, and "now" is
+the store's :data:`Clock`, so a test can move time for a store without
+touching its rows.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 
 from celery_defer.store.records import (
     Cancelled,
@@ -26,6 +30,17 @@ from celery_defer.store.records import (
     StoreStats,
     TriggerOutcome,
 )
+
+#: Where a store reads "now": a zero-argument callable returning an aware UTC
+#: datetime. Every timestamp a store writes (creation, update, heartbeat, event)
+#: and every "now" it compares against (a triggerer's health) comes from it,
+#: never from the database's clock, so tests can move time by moving the clock.
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """The default :data:`Clock`: this machine's time, aware UTC."""
+    return datetime.now(timezone.utc)
 
 
 class Store(abc.ABC):

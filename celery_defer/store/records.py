@@ -4,23 +4,49 @@ The store speaks in these small frozen dataclasses so that no caller ever sees
 a SQLAlchemy row, and an in-memory store can return the very same types.
 Values that users supply (kwargs, trigger kwargs, events) cross as typed-JSON
 text (see :mod:`celery_defer.serialization`); the store never interprets them.
+Every datetime a record carries, and every datetime a store method takes, is
+timezone-aware UTC: what a column needs (naive UTC on SQLite and MySQL) is the
+SQL store's business alone.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-#: A deferral waits for its trigger.
-DEFERRED = "deferred"
-#: Its trigger fired (or it timed out): the outcome is stored, the resume not yet sent.
-FIRING = "firing"
-#: The resume message was published; no worker has claimed it yet.
-RESUMED = "resumed"
-#: A worker claimed the resume and is running the method.
-RUNNING = "running"
 
-STATES = (DEFERRED, FIRING, RESUMED, RUNNING)
+class DeferralState(str, enum.Enum):
+    """Where a deferral row is on its way from deferring to resuming.
+
+    The values are what the ``state`` column holds. Not to be confused with
+    :data:`celery_defer.DEFERRED`, the *Celery task state* a deferred task
+    shows in the result backend: that one is about the task, this one about
+    the store's row.
+    """
+
+    #: The deferral waits for its trigger.
+    DEFERRED = "deferred"
+    #: Its trigger fired (or it timed out): the outcome is stored, the resume not yet sent.
+    FIRING = "firing"
+    #: The resume message was published; no worker has claimed it yet.
+    RESUMED = "resumed"
+    #: A worker claimed the resume and is running the method.
+    RUNNING = "running"
+
+    def __str__(self) -> str:
+        # The value, as in logs and CLI tables; not "DeferralState.DEFERRED".
+        return str(self.value)
+
+
+# Short names, kept for the code that compares states (they are the enum's members).
+DEFERRED = DeferralState.DEFERRED
+FIRING = DeferralState.FIRING
+RESUMED = DeferralState.RESUMED
+RUNNING = DeferralState.RUNNING
+
+#: The state values as plain strings, for filters and CLI choices.
+STATES: tuple[str, ...] = tuple(state.value for state in DeferralState)
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,7 @@ class DeferralInfo:
 
     task_id: str
     task_name: str
-    state: str
+    state: DeferralState
     generation: int
     method: str
     trigger_id: int | None
@@ -123,7 +149,7 @@ class DeferralSummary:
 
     task_id: str
     task_name: str
-    state: str
+    state: DeferralState
     generation: int
     method: str
     trigger_id: int | None
@@ -161,7 +187,7 @@ class StoreStats:
     """What ``celery defer stats`` reports: triggerers, deferrals by state, the oldest one."""
 
     triggerers: list[TriggererStatus]
-    by_state: dict[str, int]
+    by_state: dict[DeferralState, int]
     oldest: DeferralSummary | None
     unowned_triggers: int
 

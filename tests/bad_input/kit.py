@@ -20,7 +20,7 @@ from celery.result import AsyncResult
 
 from celery_defer import DeferrableTask, Triggerer
 from celery_defer.store import store_for
-from celery_defer.store.schema import deferrals, triggers
+from celery_defer.store.sql.schema import deferrals, triggers
 from celery_defer.testing import SuccessTrigger
 from celery_defer.triggers import BaseTrigger, TriggerEvent
 
@@ -271,5 +271,5 @@ def assert_untouched(live: Live, triggerer: Triggerer, *before: AsyncResult) -> 
     assert after.get(timeout=10, interval=0.02) == {"tag": "after", "payload": True}
     mine = [t for t in store_for(live.app).stats().triggerers if t.id == triggerer.id]
     assert mine, "the triggerer left the store"
-    age = datetime.now(timezone.utc).replace(tzinfo=None) - mine[0].heartbeat_at
+    age = datetime.now(timezone.utc) - mine[0].heartbeat_at
     assert age < timedelta(seconds=2), f"the triggerer stopped heart-beating ({age} ago)"

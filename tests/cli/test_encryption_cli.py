@@ -24,7 +24,7 @@ from celery_defer import serialization
 from celery_defer.encryption import is_sealed, keyring_from_setting, unseal
 from celery_defer.exceptions import EncryptionError
 from celery_defer.store import NewDeferral, SqlStore
-from celery_defer.store.schema import deferrals, triggers
+from celery_defer.store.sql.schema import deferrals, triggers
 
 pytestmark = pytest.mark.timeout(120)
 

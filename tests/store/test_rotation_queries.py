@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from celery_defer.store import NewDeferral, SqlStore
-from celery_defer.store.schema import deferrals, triggers
+from celery_defer.store.sql.schema import deferrals, triggers
 
 
 def deferral(task_id: str, n: int = 0) -> NewDeferral:

@@ -24,13 +24,19 @@ from celery_defer.store import (
     RESUMED,
     RUNNING,
     ClaimedTrigger,
+    DeferralState,
     NewDeferral,
     ResumeOrder,
     SqlStore,
     TriggerOutcome,
 )
-from celery_defer.store.engine import utcnow
-from celery_defer.store.schema import SCHEMA_VERSION, deferrals, schema_info, triggerers, triggers
+from celery_defer.store.sql.schema import (
+    SCHEMA_VERSION,
+    deferrals,
+    schema_info,
+    triggerers,
+    triggers,
+)
 
 MakeStore = Callable[..., SqlStore]
 
@@ -122,7 +128,11 @@ def test_save_deferral_stores_a_claimable_trigger(store: SqlStore):
         1,
         stored.trigger_id,
     )
-    assert info.timeout_at == timeout_at.astimezone(timezone.utc).replace(tzinfo=None)
+    assert info.state is DeferralState.DEFERRED and str(info.state) == "deferred"
+    assert info.timeout_at == timeout_at
+    # Records carry aware UTC, whatever the column holds.
+    assert info.timeout_at.tzinfo is timezone.utc
+    assert info.created_at.tzinfo is timezone.utc and info.updated_at.tzinfo is timezone.utc
     assert store.claim_triggers("t1", 10, HEALTH) == [
         ClaimedTrigger(id=stored.trigger_id, classpath=CLASSPATH, kwargs=TRIGGER_KWARGS)
     ]
@@ -168,7 +178,7 @@ def test_claim_triggers_takes_over_silent_triggerer(store: SqlStore):
     store.register_triggerer("silent", "host", 1, 100)
     ids = {store.save_deferral(deferral(f"t{i}")).trigger_id for i in range(2)}
     assert {c.id for c in store.claim_triggers("silent", 10, HEALTH)} == ids
-    last_beat = utcnow() - timedelta(seconds=120)
+    last_beat = datetime.now(timezone.utc) - timedelta(seconds=120)
     sql(
         store,
         sa.update(triggerers).where(triggerers.c.id == "silent").values(heartbeat_at=last_beat),
@@ -180,6 +190,86 @@ def test_claim_triggers_takes_over_silent_triggerer(store: SqlStore):
     assert store.held_trigger_ids("silent") == set()
     assert store.heartbeat("silent") is False  # it was reaped: it must stop
     assert store.heartbeat("new") is True
+
+
+class ManualClock:
+    """A store clock that moves only when told to."""
+
+    def __init__(self, start: datetime) -> None:
+        self.moment = start
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+def test_a_store_clock_ages_a_silent_triggerer_without_touching_rows(
+    store: SqlStore, make_store: MakeStore
+):
+    start = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+    clock = ManualClock(start)
+    timed = make_store(store.url, clock=clock.now)
+    timed.register_triggerer("silent", "host", 1, 100)
+    ids = {timed.save_deferral(deferral(f"t{i}")).trigger_id for i in range(2)}
+    assert {c.id for c in timed.claim_triggers("silent", 10, HEALTH)} == ids
+    info = timed.get_deferral("t0")
+    assert info is not None and info.created_at == info.updated_at == start
+    [status] = timed.stats().triggerers
+    assert status.started_at == status.heartbeat_at == start
+    timed.register_triggerer("new", "host", 2, 100)
+    clock.advance(HEALTH - 1)
+    assert timed.heartbeat("new") is True
+    assert timed.claim_triggers("new", 10, HEALTH) == []  # silent, but not for long enough
+    clock.advance(2)
+    assert {c.id for c in timed.claim_triggers("new", 10, HEALTH)} == ids
+    assert timed.held_trigger_ids("silent") == set()
+    assert timed.heartbeat("silent") is False  # it was reaped: it must stop
+    [status] = timed.stats().triggerers
+    assert (status.id, status.heartbeat_at) == ("new", start + timedelta(seconds=HEALTH - 1))
+
+
+def test_the_store_clock_stamps_state_changes_and_events(store: SqlStore, make_store: MakeStore):
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=timezone.utc))
+    timed = make_store(store.url, clock=clock.now)
+    resume = fired(timed, "a")
+    clock.advance(600)
+    timed.mark_resumed([resume])
+    info = timed.get_deferral("a")
+    assert info is not None
+    assert info.updated_at - info.created_at == timedelta(seconds=600)
+    # The sweep's cutoffs are compared with the clock's stamps, not the database's now.
+    assert timed.unclaimed_resumes(clock.now(), 10) == []
+    assert timed.unclaimed_resumes(clock.now() + timedelta(seconds=1), 10) == [order("a")]
+    event = timed.add_event("k", '"v"')
+    assert event.created_at == clock.now()
+    assert timed.latest_events(["k"], clock.now()) == {"k": event}
+    assert timed.latest_events(["k"], clock.now() + timedelta(microseconds=1)) == {}
+
+
+def test_naive_datetimes_are_refused_before_any_sql(store: SqlStore, make_store: MakeStore):
+    naive = datetime(2030, 1, 1)
+    with pytest.raises(ValueError, match="timeout_at is naive"):
+        store.save_deferral(deferral("a", naive))
+    with pytest.raises(ValueError, match="naive"):
+        store.claim_timed_out(naive, '"t"', 10)
+    with pytest.raises(ValueError, match="naive"):
+        store.stuck_firing(naive, 10)
+    with pytest.raises(ValueError, match="naive"):
+        store.latest_events(["k"], naive)
+    with pytest.raises(ValueError, match="naive"):
+        make_store(store.url, clock=lambda: naive).heartbeat("t")
+    assert store.get_deferral("a") is None
+
+
+def test_records_compare_in_any_time_zone(store: SqlStore):
+    karachi = timezone(timedelta(hours=5))
+    timeout_at = datetime(2030, 1, 1, 17, 0, tzinfo=karachi)
+    store.save_deferral(deferral("a", timeout_at))
+    info = store.get_deferral("a")
+    assert info is not None and info.timeout_at == datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert info.timeout_at.tzinfo is timezone.utc
 
 
 def test_concurrent_claimers_never_share_a_trigger(store: SqlStore, make_store: MakeStore):
@@ -251,7 +341,7 @@ def test_concurrent_fire_of_one_trigger_resumes_once(store: SqlStore, make_store
 def test_fire_resumes_every_deferral_waiting_on_the_trigger(store: SqlStore):
     stored = store.save_deferral(deferral("a"))
     twin = deferral("b")
-    now = utcnow()
+    now = datetime.now(timezone.utc)
     sql(
         store,
         sa.insert(deferrals).values(
@@ -393,7 +483,7 @@ def test_unclaimed_resumes_are_published_ones_no_worker_took(store: SqlStore):
 def test_mark_resumed_again_restarts_the_unclaimed_clock(store: SqlStore):
     resume = fired(store, "a")
     store.mark_resumed([resume])
-    long_ago = utcnow() - timedelta(minutes=10)
+    long_ago = datetime.now(timezone.utc) - timedelta(minutes=10)
     sql(store, sa.update(deferrals).values(updated_at=long_ago))
     cutoff = datetime.now(timezone.utc) - timedelta(minutes=1)
     assert store.unclaimed_resumes(cutoff, 10) == [order("a")]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
 from celery_defer.store import DEFERRED, FIRING, RESUMED, SqlStore, TriggerOutcome
-from celery_defer.store.engine import utcnow
-from celery_defer.store.schema import deferrals, triggers, unowned_triggers
+from celery_defer.store.sql.schema import deferrals, triggers, unowned_triggers
 
 MakeStore = Callable[..., SqlStore]
 
@@ -23,7 +23,7 @@ MANY = 2500  # more than the store's IN-list chunk (1000), twice over
 
 def store_many(store: SqlStore, n: int) -> list[int]:
     """``n`` deferrals, one per trigger, written in bulk; returns the trigger ids."""
-    now = utcnow()
+    now = datetime.now(timezone.utc)
     with store.engine.begin() as conn:
         ids = (
             conn.execute(

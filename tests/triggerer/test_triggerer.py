@@ -22,7 +22,7 @@ from sqlalchemy import update
 from celery_defer import DeferrableTask, Triggerer, TriggerFailed
 from celery_defer.exceptions import ConfigurationError
 from celery_defer.store import store_for
-from celery_defer.store.schema import triggers
+from celery_defer.store.sql.schema import triggers
 from celery_defer.testing import SuccessTrigger
 from celery_defer.triggers import BaseTrigger, TriggerEvent
 

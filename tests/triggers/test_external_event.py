@@ -24,8 +24,7 @@ from celery_defer import DeferrableTask, Triggerer, TriggerFailed
 from celery_defer.exceptions import InvalidDeferral
 from celery_defer.serialization import dumps, loads
 from celery_defer.store import ExternalEvent, store_for
-from celery_defer.store.engine import utcnow
-from celery_defer.store.schema import external_events
+from celery_defer.store.sql.schema import external_events
 from celery_defer.triggerer.watchers import Watchers
 from celery_defer.triggers import ExternalEventTrigger
 
@@ -89,7 +88,7 @@ def test_a_hundred_waiters_cost_one_query_and_a_hint_one_more(store_url: str) ->
     app = make_app(store_url, defer_triggerer_heartbeat=5.0, defer_triggerer_health_timeout=30.0)
     store = CountingStore()
     runtime = Watchers(app, store)  # type: ignore[arg-type]  # only latest_events
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
 
     async def scenario() -> list[Any]:
         waits = [asyncio.ensure_future(runtime.external_event(f"k{i}", None)) for i in range(100)]
@@ -187,7 +186,7 @@ def test_an_event_older_than_since_does_not_fire_but_a_newer_one_does(app: Celer
 def test_an_event_older_than_the_retention_does_not_fire(app: Celery) -> None:
     """Kept ``defer_event_retention`` (a day by default): an older event no longer counts."""
     store = store_for(app)
-    old = utcnow() - timedelta(days=1, minutes=1)
+    old = datetime.now(timezone.utc) - timedelta(days=1, minutes=1)
     with store.engine.begin() as conn:  # an event sent a day and a minute ago
         conn.execute(
             sa.insert(external_events).values(
@@ -227,6 +226,6 @@ def test_eager_mode_resumes_on_a_stored_event(store_url: str) -> None:
 
     celery_defer.send_event(app, "eager:1", {"ok": True})
     assert eager_event.delay().get() == {"ok": True}
-    assert store_for(app).latest_events(["eager:1"], datetime(2000, 1, 1))["eager:1"].key == (
+    assert store_for(app).latest_events(["eager:1"], datetime(2000, 1, 1, tzinfo=timezone.utc))[
         "eager:1"
-    )
+    ].key == ("eager:1")

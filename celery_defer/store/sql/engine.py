@@ -1,6 +1,6 @@
-"""Connections for the SQL store: engines per dialect, time, and error translation.
+"""Connections for the SQL store: engines per dialect, and error translation.
 
-Kept apart from the queries in :mod:`celery_defer.store.sql` because these are
+Kept apart from the queries of :mod:`celery_defer.store.sql` because these are
 the driver-facing details: SQLite's locking mode, PostgreSQL's pool health
 checks, and turning every driver error into a
 :class:`~celery_defer.exceptions.StoreError` at the store's edge.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -38,18 +37,6 @@ def create_store_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
     except (ArgumentError, ImportError) as exc:
         raise ConfigurationError(f"cannot use defer_database_url {url!r}: {exc}") from exc
-
-
-def utcnow() -> datetime:
-    """Naive UTC now: the form every timestamp column holds."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def to_naive_utc(moment: datetime) -> datetime:
-    """Convert an aware datetime to the naive UTC the columns hold."""
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery_defer.store.records import ResumeOrder
-from celery_defer.store.schema import deferrals
+from celery_defer.store.sql.schema import deferrals
 
 __all__ = ["ORDER_COLUMNS", "order_of"]
 

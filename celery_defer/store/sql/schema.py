@@ -1,8 +1,11 @@
-"""The tables of the SQL store, and the schema version they make.
+"""The tables of the SQL store, the schema version they make, and its create/upgrade.
 
 Every column a triggerer or sweep loop filters on is indexed: loops must cost
 the same whether a triggerer holds ten triggers or a hundred thousand.
-Timestamps are naive UTC in every dialect (SQLite has no time zones).
+Timestamps are naive UTC in every dialect (SQLite has no time zones); their
+:class:`~celery_defer.store.sql.columns.UtcDateTime` type makes them aware UTC
+in Python. All of the schema's life is here: a new table or index and the
+upgrade that adds it to existing stores are written side by side.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
-    DateTime,
+    Engine,
     ForeignKey,
     Index,
     Integer,
@@ -18,8 +21,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    insert,
+    inspect,
+    select,
+    update,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.schema import CreateIndex
+
+from celery_defer.exceptions import ConfigurationError
+from celery_defer.store.sql.columns import StateColumn, UtcDateTime
 
 #: Bumped whenever a table changes; ``create_schema`` upgrades older stores.
 #: 2: ``defer_events`` (external events) added.
@@ -44,8 +55,8 @@ triggerers = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("capacity", Integer, nullable=False),
-    Column("started_at", DateTime, nullable=False),
-    Column("heartbeat_at", DateTime, nullable=False, index=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("heartbeat_at", UtcDateTime(), nullable=False, index=True),
 )
 
 triggers = Table(
@@ -54,7 +65,7 @@ triggers = Table(
     Column("id", _TriggerId, primary_key=True, autoincrement=True),
     Column("classpath", String(255), nullable=False),
     Column("kwargs", Text, nullable=False),
-    Column("created_at", DateTime, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Column("triggerer_id", String(64), nullable=True, index=True),
     # Never reuse an id: a late outcome or notice for a deleted trigger must
     # not land on a new one (SQLite reuses the highest rowid otherwise).
@@ -87,12 +98,12 @@ deferrals = Table(
     Column("method", String(255), nullable=False),
     Column("kwargs", Text, nullable=False),
     Column("request", Text, nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", StateColumn(), nullable=False),
     Column("outcome", Text, nullable=True),
     Column("generation", Integer, nullable=False),
-    Column("timeout_at", DateTime, nullable=True),
-    Column("created_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
+    Column("timeout_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_defer_deferrals_state_timeout", "state", "timeout_at"),
     Index("ix_defer_deferrals_state_updated", "state", "updated_at"),
 )
@@ -109,12 +120,64 @@ external_events = Table(
     Column("payload", Text, nullable=False),
     # Microseconds on MySQL too (its DATETIME rounds to the second), since
     # ``since`` compares to the instant an event was sent.
-    Column(
-        "created_at",
-        DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
-        nullable=False,
-    ),
+    Column("created_at", UtcDateTime(microseconds=True), nullable=False),
     Index("ix_defer_events_key_created", "key", "created_at"),
     Index("ix_defer_events_created", "created_at"),
     sqlite_autoincrement=True,
 )
+
+
+def create_schema(engine: Engine, url: str) -> None:
+    """Create the tables, or upgrade an older store's; safe to run twice, or at once.
+
+    ``url`` only names the store in the error raised when its schema is newer
+    than this code.
+    """
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            break
+        except (IntegrityError, OperationalError):
+            # Two processes creating the schema at once: the loser's
+            # CREATE fails; the tables exist now, so check again.
+            if attempt == 2:
+                raise
+    _add_later_indexes(engine)
+    with engine.begin() as conn:
+        version = conn.execute(select(schema_info.c.version)).scalar()
+        if version is None:
+            conn.execute(insert(schema_info).values(id=1, version=SCHEMA_VERSION))
+        elif version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the store at {url!r} has schema version {version}, newer than "
+                f"this celery-defer understands ({SCHEMA_VERSION}): upgrade celery-defer"
+            )
+        elif version < SCHEMA_VERSION:
+            # create_all above added the newer tables; record the upgrade.
+            conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
+
+
+def _add_later_indexes(engine: Engine) -> None:
+    """Indexes added after the tables shipped (``create_all`` skips existing tables)."""
+    if engine.dialect.name not in ("postgresql", "sqlite"):
+        return
+    if inspect(engine).has_index(triggers.name, str(unowned_triggers.name)):
+        return
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                conn.execute(CreateIndex(unowned_triggers, if_not_exists=True))
+            return
+        except (IntegrityError, OperationalError):
+            # Another process created it at the same moment.
+            if attempt == 2:
+                raise
+
+
+def schema_version(engine: Engine) -> int | None:
+    """The stored schema version, or None when the schema is absent."""
+    if not inspect(engine).has_table(schema_info.name):
+        return None
+    with engine.connect() as conn:
+        version = conn.execute(select(schema_info.c.version)).scalar()
+    return None if version is None else int(version)

@@ -1,0 +1,236 @@
+"""A deferral's own life in the SQL store: saved, claimed for resuming, finished, cancelled.
+
+These are the statements the task side runs (and the CLI's ``cancel``): each
+function takes an open :class:`~sqlalchemy.Connection` inside the caller's
+transaction and returns plain records, so
+:class:`~celery_defer.store.sql.SqlStore` only chooses the transaction and
+the clock. A resume is claimed by generation, so a stale or duplicate message
+for a task that deferred again finds nothing to claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+
+from celery_defer.store.records import (
+    DEFERRED,
+    FIRING,
+    RESUMED,
+    RUNNING,
+    Cancelled,
+    DeferralInfo,
+    NewDeferral,
+    StoredDeferral,
+)
+from celery_defer.store.sql.columns import StateColumn, UtcDateTime, aware_utc
+from celery_defer.store.sql.schema import deferrals, triggers
+
+__all__ = ["begin_resume", "cancel", "finish", "get", "reopen", "save"]
+
+
+def _postgresql_save() -> Any:
+    """save() on PostgreSQL: one statement instead of three.
+
+    Inserts the trigger and the deferral; a task deferring again under the
+    same id updates its row to the next generation (``ON CONFLICT``, which
+    also settles two saves of one task id racing each other).
+    """
+    now = bindparam("now", type_=UtcDateTime())
+    trigger = (
+        insert(triggers)
+        .values(
+            classpath=bindparam("classpath"), kwargs=bindparam("trigger_kwargs"), created_at=now
+        )
+        .returning(triggers.c.id)
+        .cte("new_trigger")
+    )
+    values = {
+        "task_id": bindparam("task_id", type_=String),
+        "task_name": bindparam("task_name", type_=String),
+        "trigger_id": trigger.c.id,
+        "method": bindparam("method", type_=String),
+        "kwargs": bindparam("kwargs", type_=Text),
+        "request": bindparam("request", type_=Text),
+        "state": literal(DEFERRED, type_=StateColumn()),
+        "outcome": null(),
+        "generation": literal(1, type_=Integer),
+        "timeout_at": bindparam("timeout_at", type_=UtcDateTime()),
+        "created_at": now,
+        "updated_at": now,
+    }
+    statement = postgresql.insert(deferrals).from_select(list(values), select(*values.values()))
+    replaced = {
+        name: statement.excluded[name]
+        for name in values
+        if name not in ("task_id", "generation", "created_at")
+    }
+    return statement.on_conflict_do_update(
+        index_elements=[deferrals.c.task_id],
+        set_={**replaced, "generation": deferrals.c.generation + 1},
+    ).returning(deferrals.c.trigger_id, deferrals.c.generation)
+
+
+_POSTGRESQL_SAVE = _postgresql_save()
+
+
+def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDeferral:
+    """Store a new trigger and the deferral waiting on it (the next generation if it exists)."""
+    timeout_at = (
+        None if deferral.timeout_at is None else aware_utc(deferral.timeout_at, "timeout_at")
+    )
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(
+            _POSTGRESQL_SAVE,
+            {
+                "task_id": deferral.task_id,
+                "task_name": deferral.task_name,
+                "method": deferral.method,
+                "kwargs": deferral.kwargs,
+                "request": deferral.request,
+                "classpath": deferral.trigger_classpath,
+                "trigger_kwargs": deferral.trigger_kwargs,
+                "timeout_at": timeout_at,
+                "now": now,
+            },
+        ).one()
+        return StoredDeferral(trigger_id=int(row.trigger_id), generation=row.generation)
+    inserted = conn.execute(
+        insert(triggers).values(
+            classpath=deferral.trigger_classpath,
+            kwargs=deferral.trigger_kwargs,
+            created_at=now,
+        )
+    ).inserted_primary_key
+    assert inserted is not None
+    trigger_id = inserted[0]
+    previous = conn.execute(
+        select(deferrals.c.generation)
+        .where(deferrals.c.task_id == deferral.task_id)
+        .with_for_update()
+    ).scalar()
+    values = dict(
+        task_name=deferral.task_name,
+        trigger_id=trigger_id,
+        method=deferral.method,
+        kwargs=deferral.kwargs,
+        request=deferral.request,
+        state=DEFERRED,
+        outcome=None,
+        timeout_at=timeout_at,
+        updated_at=now,
+    )
+    if previous is None:
+        generation = 1
+        conn.execute(
+            insert(deferrals).values(
+                task_id=deferral.task_id, generation=1, created_at=now, **values
+            )
+        )
+    else:
+        generation = previous + 1
+        conn.execute(
+            update(deferrals)
+            .where(deferrals.c.task_id == deferral.task_id)
+            .values(generation=generation, **values)
+        )
+    return StoredDeferral(trigger_id=int(trigger_id), generation=generation)
+
+
+def begin_resume(
+    conn: Connection, task_id: str, generation: int, *, reclaim: bool, now: datetime
+) -> bool:
+    """Move a published (or, with ``reclaim``, a running) resume to ``running``."""
+    states = (FIRING, RESUMED, RUNNING) if reclaim else (FIRING, RESUMED)
+    claimed = conn.execute(
+        update(deferrals)
+        .where(
+            deferrals.c.task_id == task_id,
+            deferrals.c.generation == generation,
+            deferrals.c.state.in_(states),
+        )
+        .values(state=RUNNING, updated_at=now)
+    ).rowcount
+    return bool(claimed == 1)
+
+
+def reopen(conn: Connection, task_id: str, generation: int, *, now: datetime) -> None:
+    """Put a running resume back to ``resumed`` (its method asked to retry)."""
+    conn.execute(
+        update(deferrals)
+        .where(
+            deferrals.c.task_id == task_id,
+            deferrals.c.generation == generation,
+            deferrals.c.state == RUNNING,
+        )
+        .values(state=RESUMED, updated_at=now)
+    )
+
+
+def finish(conn: Connection, task_id: str, generation: int) -> None:
+    """Delete the deferral if this generation is the one running."""
+    conn.execute(
+        delete(deferrals).where(
+            deferrals.c.task_id == task_id,
+            deferrals.c.generation == generation,
+            deferrals.c.state == RUNNING,
+        )
+    )
+
+
+def get(conn: Connection, task_id: str) -> DeferralInfo | None:
+    """One deferral, or None."""
+    row = conn.execute(select(deferrals).where(deferrals.c.task_id == task_id)).first()
+    if row is None:
+        return None
+    return DeferralInfo(
+        task_id=row.task_id,
+        task_name=row.task_name,
+        state=row.state,
+        generation=row.generation,
+        method=row.method,
+        trigger_id=row.trigger_id,
+        timeout_at=row.timeout_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def cancel(conn: Connection, task_ids: Sequence[str]) -> Cancelled:
+    """Delete these deferrals unless running, and the triggers no one else waits on."""
+    rows = conn.execute(
+        select(deferrals.c.task_id, deferrals.c.trigger_id)
+        .where(
+            deferrals.c.task_id.in_(list(task_ids)),
+            deferrals.c.state.in_((DEFERRED, FIRING, RESUMED)),
+        )
+        .with_for_update()
+    ).all()
+    if not rows:
+        return Cancelled(task_ids=[], trigger_ids=[])
+    cancelled = [r.task_id for r in rows]
+    conn.execute(delete(deferrals).where(deferrals.c.task_id.in_(cancelled)))
+    candidates = {int(r.trigger_id) for r in rows if r.trigger_id is not None}
+    still_needed = conn.execute(
+        select(deferrals.c.trigger_id).where(deferrals.c.trigger_id.in_(candidates))
+    ).scalars()
+    unneeded = sorted(candidates - {int(i) for i in still_needed})
+    if unneeded:
+        conn.execute(delete(triggers).where(triggers.c.id.in_(unneeded)))
+    return Cancelled(task_ids=cancelled, trigger_ids=unneeded)
