@@ -20,7 +20,7 @@ from celery_defer.cli_inspect import COMMANDS as INSPECTION_COMMANDS
 from celery_defer.exceptions import CeleryDeferError, EncryptionError
 from celery_defer.external_events import send_event
 from celery_defer.settings import Settings
-from celery_defer.store import store_for
+from celery_defer.store import MEMORY_URL, InMemoryStore, store_for
 from celery_defer.store.schema import SCHEMA_VERSION
 from celery_defer.triggerer import Triggerer
 
@@ -94,9 +94,17 @@ def init_db(ctx: click.Context) -> None:
     """Create or upgrade the schema in defer_database_url (safe to run twice)."""
     app = ctx.obj.app
     try:
-        store_for(app).create_schema()
+        store = store_for(app)
+        store.create_schema()
     except CeleryDeferError as exc:
         raise click.ClickException(str(exc)) from exc
+    if isinstance(store, InMemoryStore):
+        # Not an error (a test setup may run it), but nothing outlives this command.
+        click.echo(
+            f"defer_database_url is {MEMORY_URL}: the in-memory store needs no schema, and "
+            "it lives inside each process (nothing is created for other processes)"
+        )
+        return
     click.echo(f"celery-defer schema version {SCHEMA_VERSION} is ready")
 
 

@@ -78,12 +78,17 @@ def send_event(app: Celery, key: str, payload: Any = None) -> int:
 
 
 def matches(event: ExternalEvent, since: datetime | None) -> bool:
-    """Whether ``event`` (naive UTC ``created_at``) is at or after ``since``."""
+    """Whether ``event`` is at or after ``since`` (naive datetimes are UTC).
+
+    The SQL store stamps events in naive UTC, the in-memory store in aware UTC.
+    """
     if since is None:
         return True
-    if since.utcoffset() is not None:
-        since = since.astimezone(timezone.utc).replace(tzinfo=None)
-    return event.created_at >= since
+    return _aware(event.created_at) >= _aware(since)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.utcoffset() is None else moment
 
 
 def payload_of(event: ExternalEvent) -> Any:
