@@ -61,10 +61,6 @@ logger = logging.getLogger(__name__)
 Key = TypeVar("Key", str, int)
 
 
-def _last_changed(row: DeferralRow) -> tuple[datetime, str]:
-    return (row.updated_at, row.task_id)
-
-
 class InMemoryStore(Store):
     """A :class:`~celery_defer.store.base.Store` in this process's memory, guarded by one lock.
 
@@ -90,6 +86,16 @@ class InMemoryStore(Store):
         """Forget every deferral, trigger, triggerer and event (between tests)."""
         with self._lock:
             self._tables = Tables()
+
+    @property
+    def tables(self) -> Tables:
+        """The rows, for tests that look beneath the interface (as SQL tests read tables).
+
+        As procrastinate's ``InMemoryConnector`` shows its jobs. Change them
+        only to set up a state the interface cannot reach, with no other
+        thread using the store.
+        """
+        return self._tables
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -223,16 +229,8 @@ class InMemoryStore(Store):
         by_trigger = {o.trigger_id: o.outcome for o in outcomes}
         with self._lock:
             now = self._now()
-            # In (trigger, task) order, as the SQL store locks and returns them.
-            waiting = sorted(
-                (
-                    (row.trigger_id, row.task_id, row)
-                    for row in self._tables.deferrals.values()
-                    if row.state == DEFERRED and row.trigger_id in by_trigger
-                ),
-                key=lambda found: found[:2],
-            )
-            orders = [row.to_firing(by_trigger[trigger_id], now) for trigger_id, _, row in waiting]
+            waiting = self._tables.waiting_on(by_trigger)
+            orders = [row.to_firing(by_trigger[trigger_id], now) for trigger_id, row in waiting]
             self._tables.delete_triggers(by_trigger)
             return orders
 
@@ -247,18 +245,8 @@ class InMemoryStore(Store):
     # -- sweeping ----------------------------------------------------------
 
     def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
-        moment = utc(now)
         with self._lock:
-            due = sorted(
-                (
-                    row
-                    for row in self._tables.deferrals.values()
-                    if row.state == DEFERRED
-                    and row.timeout_at is not None
-                    and row.timeout_at < moment
-                ),
-                key=lambda row: (row.timeout_at, row.task_id),
-            )[: max(limit, 0)]
+            due = self._tables.timed_out(utc(now), limit)
             # updated_at is the store's now, as in the SQL store: the sweep's
             # ``now`` may be a moved timer clock (celery_defer.testing.fast_forward).
             stamp = self._now()
@@ -272,11 +260,8 @@ class InMemoryStore(Store):
 
     def _left_in(self, state: str, older_than: datetime, limit: int) -> list[ResumeOrder]:
         """The oldest deferrals in ``state`` since before ``older_than``; reported, not moved."""
-        cutoff = utc(older_than)
         with self._lock:
-            rows = [r for r in self._tables.deferrals.values() if r.state == state]
-            rows = sorted((r for r in rows if r.updated_at < cutoff), key=_last_changed)
-            return [row.order() for row in rows[: max(limit, 0)]]
+            return [row.order() for row in self._tables.left_in(state, utc(older_than), limit)]
 
     def delete_unused_triggers(self) -> int:
         with self._lock:

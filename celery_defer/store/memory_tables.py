@@ -10,11 +10,12 @@ this locks: every caller holds the store's lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from celery_defer.store.records import (
+    DEFERRED,
     FIRING,
     STATES,
     DeferralDetail,
@@ -168,6 +169,38 @@ class Tables:
 
     def trigger_of(self, row: DeferralRow) -> TriggerRow | None:
         return None if row.trigger_id is None else self.triggers.get(row.trigger_id)
+
+    # -- deferrals -------------------------------------------------------------
+
+    def waiting_on(self, trigger_ids: Container[int]) -> list[tuple[int, DeferralRow]]:
+        """Deferrals still waiting on these triggers, in (trigger, task) order.
+
+        The order the SQL store locks and returns them in.
+        """
+        return sorted(
+            (
+                (row.trigger_id, row)
+                for row in self.deferrals.values()
+                if row.state == DEFERRED
+                and row.trigger_id is not None
+                and row.trigger_id in trigger_ids
+            ),
+            key=lambda found: (found[0], found[1].task_id),
+        )
+
+    def timed_out(self, moment: datetime, limit: int) -> list[DeferralRow]:
+        """Up to ``limit`` waiting deferrals whose timeout is before ``moment``, soonest first."""
+        due = [
+            (row.timeout_at, row.task_id, row)
+            for row in self.deferrals.values()
+            if row.state == DEFERRED and row.timeout_at is not None and row.timeout_at < moment
+        ]
+        return [row for *_, row in sorted(due, key=lambda found: found[:2])[: max(limit, 0)]]
+
+    def left_in(self, state: str, cutoff: datetime, limit: int) -> list[DeferralRow]:
+        """Up to ``limit`` deferrals left in ``state`` since before ``cutoff``, oldest first."""
+        rows = [r for r in self.deferrals.values() if r.state == state and r.updated_at < cutoff]
+        return sorted(rows, key=lambda row: (row.updated_at, row.task_id))[: max(limit, 0)]
 
     # -- key rotation --------------------------------------------------------
 
