@@ -1,4 +1,4 @@
-"""A deferral end to end on ``defer_database_url = "memory://"``: worker and triggerer in one process.
+"""A deferral end to end on ``defer_database_url = "memory://"``, worker and triggerer in-process.
 
 The in-memory store is for exactly this: a real worker (threads pool) and an embedded
 triggerer sharing the process's one store per app, with no database at all.

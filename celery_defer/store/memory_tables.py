@@ -1,11 +1,12 @@
 """The tables of the in-memory store, and its read-only queries over them.
 
 Kept apart from :mod:`celery_defer.store.memory`, which owns the lock, the
-clock and the state changes: here are the rows (mutable, private, never handed
-out), the records they are read as (the frozen types of
-:mod:`celery_defer.store.records`, the same the SQL store returns), and the
-queries that only read or that touch one concern (inspection, events). None of
-this locks: every caller holds the store's lock.
+clock and the state changes: here are the rows (mutable, so never returned by
+a store method; tests may look at them through ``InMemoryStore.tables``), the
+records they are read as (the frozen types of :mod:`celery_defer.store.records`,
+the same the SQL store returns), and the selections the operations build on
+(what waits on a trigger, what timed out, inspection, events). None of this
+locks: every caller holds the store's lock.
 """
 
 from __future__ import annotations
