@@ -10,6 +10,13 @@
   a triggerer started in the test (see :mod:`celery_defer.contrib.pytest`),
   not a triggerer in another process.
 * :func:`wait_until_deferred` waits for a task to reach ``DEFERRED``.
+* :class:`InMemoryStore` is the deferral store with no database: the whole
+  store contract (the same contract tests run on it as on SQLite and
+  PostgreSQL) in this process's memory. Set ``defer_database_url =
+  "memory://"`` and a worker and an embedded triggerer (or eager tasks) in the
+  test's process share one per app; ``store_for(app)`` returns it, to inspect
+  deferrals or to :meth:`~InMemoryStore.reset` it between tests. Its ``clock``
+  argument lets a test built on the store alone move time without sleeping.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from celery_defer.store.memory import InMemoryStore
 from celery_defer.sweep import time_out_due
 from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FailureTrigger",
+    "InMemoryStore",
     "SuccessTrigger",
     "fast_forward",
     "reset_clock",

@@ -17,7 +17,7 @@ from celery_defer.exceptions import EncryptionError
 from celery_defer.external_events import send_event
 from celery_defer.revoking import cancel
 from celery_defer.settings import Settings
-from celery_defer.store import RUNNING, store_for
+from celery_defer.store import MEMORY_URL, RUNNING, InMemoryStore, store_for
 from celery_defer.store.sql import SCHEMA_VERSION
 
 __all__ = ["COMMANDS", "cancel_command", "init_db", "rotate_keys", "send_event_command"]
@@ -27,7 +27,15 @@ __all__ = ["COMMANDS", "cancel_command", "init_db", "rotate_keys", "send_event_c
 @click.pass_context
 def init_db(ctx: click.Context) -> None:
     """Create or upgrade the schema in defer_database_url (safe to run twice)."""
-    store_for(ctx.obj.app).create_schema()
+    store = store_for(ctx.obj.app)
+    store.create_schema()
+    if isinstance(store, InMemoryStore):
+        # Not an error (a test setup may run it), but nothing outlives this command.
+        click.echo(
+            f"defer_database_url is {MEMORY_URL}: the in-memory store needs no schema, and "
+            "it lives inside each process (nothing is created for other processes)"
+        )
+        return
     click.echo(f"celery-defer schema version {SCHEMA_VERSION} is ready")
 
 

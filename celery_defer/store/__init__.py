@@ -1,9 +1,11 @@
 """Where deferrals and triggers live.
 
 :func:`store_for` gives each process one store per app, built from the
-``defer_database_url`` setting. Connection pools must never cross a fork
-(prefork workers fork after the app is imported), so the cache is keyed by
-process id as well as by app.
+``defer_database_url`` setting: a :class:`SqlStore`, or with ``memory://`` an
+:class:`InMemoryStore`. Connection pools must never cross a fork (prefork
+workers fork after the app is imported), so the cache is keyed by process id
+as well as by app; an in-memory store is per process by nature, and a forked
+child starts with an empty one rather than a copy it would diverge from.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from celery_defer.settings import Settings
 from celery_defer.store.base import Clock, Store, system_clock
+from celery_defer.store.memory import InMemoryStore
+from celery_defer.store.memory_tables import MEMORY_URL, is_memory_url
 from celery_defer.store.records import (
     DEFERRED,
     FIRING,
@@ -39,6 +43,7 @@ __all__ = [
     "Cancelled",
     "DEFERRED",
     "FIRING",
+    "MEMORY_URL",
     "RESUMED",
     "RUNNING",
     "ClaimedTrigger",
@@ -46,6 +51,7 @@ __all__ = [
     "DeferralInfo",
     "DeferralState",
     "ExternalEvent",
+    "InMemoryStore",
     "NewDeferral",
     "ResumeOrder",
     "SqlStore",
@@ -67,6 +73,7 @@ def store_for(app: Celery) -> Store:
         cached = _stores.get(app)
         if cached is not None and cached[0] == pid:
             return cached[1]
-        store = SqlStore(Settings.from_app(app).database_url)
+        url = Settings.from_app(app).database_url
+        store: Store = InMemoryStore() if is_memory_url(url) else SqlStore(url)
         _stores[app] = (pid, store)
         return store

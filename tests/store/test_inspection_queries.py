@@ -1,4 +1,4 @@
-"""The store's read-only inspection queries (list, describe, stats), on every backend."""
+"""The store's read-only inspection queries (list, describe, stats): memory, SQLite, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 import pytest
 
 from celery_defer import serialization
-from celery_defer.store import NewDeferral, SqlStore, TriggerOutcome
+from celery_defer.store import NewDeferral, Store, TriggerOutcome
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def defer(
-    store: SqlStore,
+    store: Store,
     task_id: str,
     task_name: str = "proj.t",
     classpath: str = "celery_defer.triggers.DateTimeTrigger",
@@ -36,7 +36,7 @@ def defer(
     return stored.trigger_id
 
 
-def test_list_filters_and_orders_oldest_first(store: SqlStore) -> None:
+def test_list_filters_and_orders_oldest_first(store: Store) -> None:
     defer(store, "a", "proj.one")
     defer(store, "b", "proj.two", "my_triggers.Poll_100%")
     fired = defer(store, "c", "proj.one")
@@ -54,7 +54,7 @@ def test_list_filters_and_orders_oldest_first(store: SqlStore) -> None:
     assert (c.trigger_id, c.trigger_classpath, c.triggerer_id) == (None, None, None)
 
 
-def test_describe_returns_the_stored_values(store: SqlStore) -> None:
+def test_describe_returns_the_stored_values(store: Store) -> None:
     trigger_id = defer(store, "a")
     store.register_triggerer("t1", "h", 1, 5)
     store.claim_triggers("t1", 5, 30.0)
@@ -68,7 +68,7 @@ def test_describe_returns_the_stored_values(store: SqlStore) -> None:
     assert store.describe_deferral("missing") is None
 
 
-def test_stats(store: SqlStore) -> None:
+def test_stats(store: Store) -> None:
     empty = store.stats()
     assert empty.triggerers == [] and empty.oldest is None and empty.unowned_triggers == 0
     assert empty.by_state == {"deferred": 0, "firing": 0, "resumed": 0, "running": 0}

@@ -1,0 +1,389 @@
+"""The in-memory store: the whole :class:`~celery_defer.store.base.Store` contract, in one process.
+
+``defer_database_url = "memory://"`` selects it; tests may also build one
+directly (:class:`celery_defer.testing.InMemoryStore`). It is procrastinate's
+``InMemoryConnector`` and dramatiq's ``StubBroker`` for celery-defer: unit
+tests, eager use and a worker with an embedded triggerer in the same process
+run on it with no database, and the same contract tests run on it as on SQLite
+and PostgreSQL, so it cannot drift from the real store's semantics.
+
+Every method holds one lock for its whole body, which makes it one
+transaction: the conditional state changes (``deferred`` → ``firing`` →
+``resumed`` → ``running``) and the claims are as exclusive as the SQL store's
+row locks. It starts no thread. Every "now" comes from the injected clock, so a
+test moves time by moving the clock, not by rewriting stored timestamps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from celery_defer.exceptions import StoreError
+from celery_defer.store.base import Clock, Store, system_clock
+from celery_defer.store.memory_tables import (
+    DeferralRow,
+    Tables,
+    TriggererRow,
+    TriggerRow,
+    utc,
+)
+from celery_defer.store.records import (
+    DEFERRED,
+    FIRING,
+    RESUMED,
+    RUNNING,
+    Cancelled,
+    ClaimedTrigger,
+    DeferralDetail,
+    DeferralInfo,
+    DeferralState,
+    DeferralSummary,
+    ExternalEvent,
+    NewDeferral,
+    ResumeOrder,
+    Rewritten,
+    StoredDeferral,
+    StoreStats,
+    TriggerOutcome,
+)
+
+__all__ = ["InMemoryStore"]
+
+logger = logging.getLogger(__name__)
+
+#: The primary key of a rewritten "table": a task id or a trigger id.
+Key = TypeVar("Key", str, int)
+
+
+class InMemoryStore(Store):
+    """A :class:`~celery_defer.store.base.Store` in this process's memory, guarded by one lock.
+
+    For tests, eager use, and a worker with an embedded triggerer in one
+    process: another process never sees it, and it is gone when the process
+    ends. ``clock`` is a zero-argument callable returning an aware UTC
+    datetime (default: the wall clock); every timestamp the store writes or
+    compares against comes from it, so a test can move time without sleeping.
+    Records carry aware UTC datetimes.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or system_clock
+        self._lock = threading.Lock()
+        # Ids keep counting across reset(): a late outcome or notice for a trigger
+        # forgotten by a reset must never land on a new one (the SQL store never
+        # reuses an id either).
+        self._trigger_ids = itertools.count(1)
+        self._event_ids = itertools.count(1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every deferral, trigger, triggerer and event (between tests)."""
+        with self._lock:
+            self._tables = Tables()
+
+    @property
+    def tables(self) -> Tables:
+        """The rows, for tests that look beneath the interface (as SQL tests read tables).
+
+        As procrastinate's ``InMemoryConnector`` shows its jobs. Change them
+        only to set up a state the interface cannot reach, with no other
+        thread using the store.
+        """
+        return self._tables
+
+    def _now(self) -> datetime:
+        return utc(self._clock(), "the clock's now")
+
+    # -- schema and connections (nothing to do) -------------------------------
+
+    def create_schema(self) -> None:
+        """Nothing to create: the "tables" exist as soon as the store does."""
+
+    def close(self) -> None:
+        """Nothing to release; the rows stay (a closed SQL store keeps them too)."""
+
+    # -- task side ---------------------------------------------------------
+
+    def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
+        with self._lock:
+            now = self._now()
+            trigger = TriggerRow(
+                next(self._trigger_ids), deferral.trigger_classpath, deferral.trigger_kwargs, now
+            )
+            self._tables.triggers[trigger.id] = trigger
+            previous = self._tables.deferrals.get(deferral.task_id)
+            self._tables.deferrals[deferral.task_id] = DeferralRow(
+                task_id=deferral.task_id,
+                task_name=deferral.task_name,
+                trigger_id=trigger.id,
+                method=deferral.method,
+                kwargs=deferral.kwargs,
+                request=deferral.request,
+                state=DEFERRED,
+                outcome=None,
+                generation=1 if previous is None else previous.generation + 1,
+                timeout_at=None
+                if deferral.timeout_at is None
+                else utc(deferral.timeout_at, "timeout_at"),
+                created_at=now if previous is None else previous.created_at,
+                updated_at=now,
+            )
+            return StoredDeferral(trigger.id, self._tables.deferrals[deferral.task_id].generation)
+
+    def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
+        states = (FIRING, RESUMED, RUNNING) if reclaim else (FIRING, RESUMED)
+        return self._move(task_id, generation, states, RUNNING)
+
+    def reopen_resume(self, task_id: str, generation: int) -> None:
+        self._move(task_id, generation, (RUNNING,), RESUMED)
+
+    def _move(
+        self, task_id: str, generation: int, states: Iterable[str], to: DeferralState
+    ) -> bool:
+        """Move one deferral of this generation from one of ``states`` to ``to``."""
+        with self._lock:
+            row = self._tables.deferrals.get(task_id)
+            if row is None or row.generation != generation or row.state not in states:
+                return False
+            row.state, row.updated_at = to, self._now()
+            return True
+
+    def finish(self, task_id: str, generation: int) -> None:
+        with self._lock:
+            row = self._tables.deferrals.get(task_id)
+            if row is not None and row.generation == generation and row.state == RUNNING:
+                del self._tables.deferrals[task_id]
+
+    # -- triggerers --------------------------------------------------------
+
+    def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
+        with self._lock:
+            if triggerer_id in self._tables.triggerers:
+                # The SQL store's primary key refuses it the same way.
+                raise StoreError(
+                    f"register_triggerer failed: triggerer {triggerer_id!r} is already registered"
+                )
+            now = self._now()
+            self._tables.triggerers[triggerer_id] = TriggererRow(
+                triggerer_id, host, pid, capacity, started_at=now, heartbeat_at=now
+            )
+
+    def heartbeat(self, triggerer_id: str) -> bool:
+        now = self._now()
+        with self._lock:
+            row = self._tables.triggerers.get(triggerer_id)
+            if row is None:
+                return False
+            row.heartbeat_at = now
+            return True
+
+    def unregister_triggerer(self, triggerer_id: str) -> int:
+        with self._lock:
+            self._tables.triggerers.pop(triggerer_id, None)
+            return self._tables.release(lambda t: t.triggerer_id == triggerer_id)
+
+    def release_triggers(self, triggerer_id: str, trigger_ids: Sequence[int]) -> None:
+        wanted = set(trigger_ids)
+        with self._lock:
+            self._tables.release(lambda t: t.id in wanted and t.triggerer_id == triggerer_id)
+
+    def claim_triggers(
+        self, triggerer_id: str, limit: int, health_timeout: float
+    ) -> list[ClaimedTrigger]:
+        if limit <= 0:
+            return []
+        with self._lock:
+            cutoff = self._now() - timedelta(seconds=health_timeout)
+            dead = {t.id for t in self._tables.triggerers.values() if t.heartbeat_at < cutoff}
+            if dead:
+                logger.warning(
+                    "taking over the triggers of silent triggerers %s",
+                    sorted(dead),
+                    extra={"dead_triggerers": sorted(dead)},
+                )
+                self._tables.release(lambda t: t.triggerer_id in dead)
+                for gone in dead:
+                    del self._tables.triggerers[gone]
+            claimed: list[ClaimedTrigger] = []
+            for trigger in self._tables.triggers.values():
+                if len(claimed) == limit:
+                    break
+                if trigger.triggerer_id is None:
+                    trigger.triggerer_id = triggerer_id
+                    claimed.append(ClaimedTrigger(trigger.id, trigger.classpath, trigger.kwargs))
+            return claimed
+
+    def held_trigger_ids(self, triggerer_id: str) -> set[int]:
+        with self._lock:
+            return {t.id for t in self._tables.triggers.values() if t.triggerer_id == triggerer_id}
+
+    # -- firing and resuming -----------------------------------------------
+
+    def fire(self, outcomes: Sequence[TriggerOutcome]) -> list[ResumeOrder]:
+        if not outcomes:
+            return []
+        by_trigger = {o.trigger_id: o.outcome for o in outcomes}
+        with self._lock:
+            now = self._now()
+            waiting = self._tables.waiting_on(by_trigger)
+            orders = [row.to_firing(by_trigger[trigger_id], now) for trigger_id, row in waiting]
+            self._tables.delete_triggers(by_trigger)
+            return orders
+
+    def mark_resumed(self, orders: Sequence[ResumeOrder]) -> None:
+        with self._lock:
+            now = self._now()
+            for order in orders:
+                row = self._tables.deferrals.get(order.task_id)
+                if row and row.generation == order.generation and row.state in (FIRING, RESUMED):
+                    row.state, row.updated_at = RESUMED, now
+
+    # -- sweeping ----------------------------------------------------------
+
+    def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
+        with self._lock:
+            due = self._tables.timed_out(utc(now), limit)
+            # updated_at is the store's now, as in the SQL store: the sweep's
+            # ``now`` may be a moved timer clock (celery_defer.testing.fast_forward).
+            stamp = self._now()
+            return [row.to_firing(outcome, stamp) for row in due]
+
+    def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        return self._left_in(FIRING, older_than, limit)
+
+    def unclaimed_resumes(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        return self._left_in(RESUMED, older_than, limit)
+
+    def _left_in(self, state: str, older_than: datetime, limit: int) -> list[ResumeOrder]:
+        """The oldest deferrals in ``state`` since before ``older_than``; reported, not moved."""
+        with self._lock:
+            return [row.order() for row in self._tables.left_in(state, utc(older_than), limit)]
+
+    def delete_unused_triggers(self) -> int:
+        with self._lock:
+            needed = {row.trigger_id for row in self._tables.deferrals.values()}
+            unused = [i for i in self._tables.triggers if i not in needed]
+            self._tables.delete_triggers(unused)
+            return len(unused)
+
+    def release_orphaned_triggers(self) -> int:
+        with self._lock:
+            return self._tables.release(lambda t: t.triggerer_id not in self._tables.triggerers)
+
+    # -- cancel and inspection -----------------------------------------------
+
+    def get_deferral(self, task_id: str) -> DeferralInfo | None:
+        with self._lock:
+            return self._tables.info(task_id)
+
+    def cancel_deferrals(self, task_ids: Sequence[str]) -> Cancelled:
+        with self._lock:
+            deferrals = self._tables.deferrals
+            cancelled = [
+                row
+                for task_id in dict.fromkeys(task_ids)
+                if (row := deferrals.get(task_id)) is not None
+                and row.state in (DEFERRED, FIRING, RESUMED)
+            ]
+            for row in cancelled:
+                del deferrals[row.task_id]
+            candidates = {row.trigger_id for row in cancelled if row.trigger_id is not None}
+            unneeded = sorted(candidates - {row.trigger_id for row in deferrals.values()})
+            self._tables.delete_triggers(unneeded)
+            return Cancelled(task_ids=[row.task_id for row in cancelled], trigger_ids=unneeded)
+
+    def list_deferrals(
+        self,
+        states: Sequence[str] = (),
+        task_name: str | None = None,
+        trigger_contains: str | None = None,
+        limit: int = 100,
+    ) -> list[DeferralSummary]:
+        with self._lock:
+            return self._tables.summaries(states, task_name, trigger_contains)[: max(limit, 0)]
+
+    def describe_deferral(self, task_id: str) -> DeferralDetail | None:
+        with self._lock:
+            row = self._tables.deferrals.get(task_id)
+            return None if row is None else row.detail(self._tables.trigger_of(row))
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return self._tables.stats()
+
+    # -- external events -----------------------------------------------------
+
+    def add_event(self, key: str, payload: str) -> ExternalEvent:
+        with self._lock:
+            event = ExternalEvent(next(self._event_ids), key, payload, self._now())
+            self._tables.add_event(event)
+            return event
+
+    def latest_events(self, keys: Sequence[str], not_before: datetime) -> dict[str, ExternalEvent]:
+        with self._lock:
+            return self._tables.latest_events(keys, utc(not_before))
+
+    def delete_events(self, older_than: datetime, limit: int) -> int:
+        with self._lock:
+            return self._tables.delete_events(utc(older_than), limit)
+
+    # -- key rotation --------------------------------------------------------
+
+    def rewrite_user_values(
+        self, rewrite: Callable[[str], str | None], batch_size: int = 500
+    ) -> Rewritten:
+        """Rewrite in batches, with ``rewrite`` called outside the lock.
+
+        As the SQL store calls it outside any transaction: it may be slow, and
+        it may itself use the store.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        return Rewritten(
+            deferrals=self._rewrite(
+                lambda: (
+                    (r.task_id, r.kwargs, r.generation) for r in self._tables.deferrals.values()
+                ),
+                self._tables.set_kwargs,
+                rewrite,
+                batch_size,
+            ),
+            triggers=self._rewrite(
+                lambda: ((t.id, t.kwargs, 0) for t in self._tables.triggers.values()),
+                lambda trigger_id, _, new: self._tables.set_trigger_kwargs(trigger_id, new),
+                rewrite,
+                batch_size,
+            ),
+        )
+
+    def _rewrite(
+        self,
+        read: Callable[[], Iterable[tuple[Key, str, int]]],
+        write: Callable[[Key, int, str], bool],
+        rewrite: Callable[[str], str | None],
+        batch_size: int,
+    ) -> int:
+        """Walk (key, kwargs, version) rows in key order, a batch at a time."""
+        rewritten = 0
+        last: Key | None = None
+        while True:
+            with self._lock:
+                batch = sorted(row for row in read() if last is None or row[0] > last)
+            batch = batch[:batch_size]
+            if not batch:
+                return rewritten
+            last = batch[-1][0]
+            changed = [(row, new) for row in batch if (new := rewrite(row[1])) is not None]
+            with self._lock:
+                rewritten += sum(write(key, version, new) for (key, _, version), new in changed)
+            if len(batch) < batch_size:
+                return rewritten
+
+
+def _utc_or_none(timeout_at: datetime | None) -> datetime | None:
+    return None if timeout_at is None else utc(timeout_at, "timeout_at")
