@@ -6,9 +6,15 @@
 * Time skipping: :func:`skip_time` and :func:`fast_forward` move the clock
   that ``DateTimeTrigger`` and ``TimeDeltaTrigger`` go by, and wake the timers
   sleeping on it, so a test of a task that waits a day runs in milliseconds.
-  They act on timer triggers in *this process*: an eager task, or a worker and
-  a triggerer started in the test (see :mod:`celery_defer.contrib.pytest`),
-  not a triggerer in another process.
+  They move the process's default clock
+  (:data:`~celery_defer.triggers.clock.DEFAULT_CLOCK`), the one every timer
+  trigger in *this process* goes by unless given another: an eager task, a
+  worker and a ``Triggerer(app)`` started in the test (see
+  :mod:`celery_defer.contrib.pytest`), a trigger run by hand; not a triggerer
+  in another process, nor one given its own ``clock=``.
+* :class:`ShiftableClock` is such a clock of your own: ``Triggerer(app,
+  clock=ShiftableClock())`` goes by it alone, and its ``shift()`` and
+  ``skipping()`` move that triggerer's timers and no others.
 * :func:`wait_until_deferred` waits for a task to reach ``DEFERRED``.
 * :class:`InMemoryStore` is the deferral store with no database: the whole
   store contract (the same contract tests run on it as on SQLite and
@@ -29,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery_defer.store.memory import InMemoryStore
 from celery_defer.sweep import time_out_due
-from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.clock import DEFAULT_CLOCK, ShiftableClock
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FailureTrigger",
     "InMemoryStore",
+    "ShiftableClock",
     "SuccessTrigger",
     "fast_forward",
     "reset_clock",
@@ -85,27 +92,30 @@ def _fail_on_purpose() -> None:
 def skip_time() -> Iterator[None]:
     """Inside the block, timer triggers fire as soon as they start waiting.
 
-    Every sleep of a ``DateTimeTrigger``/``TimeDeltaTrigger`` in this process
-    ends at once and the timer clock jumps to its end; timers already asleep
-    are woken. Their payload is still their moment, so the resumed task sees
-    exactly what it would have seen a day later. On exit the clock returns to
-    where it was. Works as a decorator too::
+    Every sleep of a ``DateTimeTrigger``/``TimeDeltaTrigger`` on the process's
+    default clock (every timer of this process not given its own clock) ends
+    at once and the clock jumps to its end; timers already asleep are woken,
+    on whatever thread or loop they sleep. Their payload is still their
+    moment, so the resumed task sees exactly what it would have seen a day
+    later. On exit the clock returns to where it was. Works as a decorator too::
 
         with skip_time():
             assert wait_a_day.delay(2).get(timeout=10) == 4
     """
-    with clock.skipping():
+    with DEFAULT_CLOCK.skipping():
         yield
 
 
 def fast_forward(app: Celery | None, delta: timedelta | float) -> None:
     """Move the timer clock ``delta`` (a timedelta or seconds) ahead, now.
 
-    Timer triggers of this process that are due after the move fire at once
-    (sleeping ones are woken); the others keep waiting for the rest. With an
-    ``app``, deferral timeouts follow the moved clock too: those of the app's
-    deferrals that are now past their ``timeout`` fail with ``TriggerTimeout``,
-    as the next sweep would make them. The move lasts until
+    The clock moved is the process's default clock: timer triggers of this
+    process (those not given their own clock) that are due after the move
+    fire at once (sleeping ones are woken, on any thread or loop); the others
+    keep waiting for the rest. With an ``app``, deferral timeouts follow the
+    moved clock too: those of the app's deferrals that are now past their
+    ``timeout`` fail with ``TriggerTimeout``, as the next sweep would make
+    them. The move lasts until
     :func:`reset_clock` (the ``celery_defer_triggerer`` fixture resets it).
     """
     if isinstance(delta, bool) or not isinstance(delta, (timedelta, int, float)):
@@ -114,14 +124,14 @@ def fast_forward(app: Celery | None, delta: timedelta | float) -> None:
         delta = timedelta(seconds=delta)
     if delta < timedelta(0):
         raise ValueError(f"fast_forward cannot go back in time: {delta!r}")
-    clock.shift(delta)
+    DEFAULT_CLOCK.shift(delta)
     if app is not None:
-        time_out_due(app, clock.now())
+        time_out_due(app, DEFAULT_CLOCK.now())
 
 
 def reset_clock() -> None:
-    """Put the timer clock back on the wall clock (undo every :func:`fast_forward`)."""
-    clock.reset()
+    """Put the process's default clock back on the wall clock (undo every :func:`fast_forward`)."""
+    DEFAULT_CLOCK.reset()
 
 
 def wait_until_deferred(result: AsyncResult, timeout: float = 10.0) -> None:

@@ -16,6 +16,7 @@ from celery.bin.base import LOG_LEVEL, CeleryOption, handle_preload_options
 
 from celery_defer.cli.base import DeferCommand
 from celery_defer.triggerer import Triggerer
+from celery_defer.triggers.clock import SystemClock
 
 __all__ = ["triggerer"]
 
@@ -64,6 +65,7 @@ def triggerer(
     _set_task_join_will_block(True)
     app.log.setup_logging_subsystem(loglevel=loglevel)
     logging.getLogger("celery_defer").setLevel(loglevel)
-    service = Triggerer(app, capacity=capacity, metrics_port=metrics_port)
+    # Nothing in this process moves time: the plain wall clock and loop timer.
+    service = Triggerer(app, capacity=capacity, metrics_port=metrics_port, clock=SystemClock())
     click.echo(f"celery-defer triggerer {service.id} starting (capacity {service.capacity})")
     service.run()

@@ -8,9 +8,11 @@ Enable them next to Celery's classic fixtures, in your ``conftest.py``::
 test's process for ``celery_app``, next to ``celery_worker``; with
 ``celery_session_app``/``celery_session_worker``, use
 ``celery_defer_session_triggerer``. Both use a SQLite store in a temporary
-directory unless the app's configuration names one (``defer_database_url``). After
-every test the timer clock is put back on the wall clock, so a test's
-:func:`~celery_defer.testing.fast_forward` never leaks into the next one.
+directory unless the app's configuration names one (``defer_database_url``). Their
+triggerer goes by the process's default clock, the one
+:func:`~celery_defer.testing.fast_forward` and ``skip_time`` move; after every test
+that clock is put back on the wall clock, so a test's ``fast_forward`` never leaks
+into the next one.
 Together with :func:`~celery_defer.testing.skip_time`, a task that waits a
 day is tested in milliseconds::
 

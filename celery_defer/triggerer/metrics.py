@@ -45,8 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery_defer.exceptions import ConfigurationError
-from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.context import current_clock
 from celery_defer.triggers.temporal import DateTimeTrigger
 
 __all__ = [
@@ -165,8 +165,9 @@ class TriggererMetrics:
         self.fired.inc()
         due = due_moment(trigger, event)
         if due is not None:
-            # The trigger's own clock: a test that moved it measures against it too.
-            self.lateness.observe(max(0.0, (clock.now() - due).total_seconds()))
+            # The triggers' own clock (the runtime's): a test that moved it measures
+            # against it too.
+            self.lateness.observe(max(0.0, (current_clock().now() - due).total_seconds()))
 
     def render(self, running: int, capacity: int) -> str:
         """The Prometheus text exposition of every metric."""

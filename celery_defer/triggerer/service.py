@@ -36,6 +36,7 @@ from celery_defer.triggerer.metrics import MetricsServer
 from celery_defer.triggerer.runner import TriggerRunner
 from celery_defer.triggerer.watchdog import LoopWatchdog
 from celery_defer.triggerer.watchers import Watchers
+from celery_defer.triggers.clock import DEFAULT_CLOCK, TriggerClock
 from celery_defer.triggers.context import use_runtime
 
 if TYPE_CHECKING:
@@ -59,10 +60,26 @@ class Triggerer:
 
     ``metrics_port``: serve Prometheus metrics at ``http://0.0.0.0:PORT/metrics``
     while running (0 picks a free port; see :attr:`metrics_address`).
+
+    ``clock``: what its timer triggers read the time from and sleep on (a
+    :class:`~celery_defer.triggers.clock.TriggerClock`). By default the
+    process's :data:`~celery_defer.triggers.clock.DEFAULT_CLOCK`, the wall
+    clock that :func:`celery_defer.testing.skip_time` and ``fast_forward``
+    move, so a triggerer embedded in a test follows them; the ``celery
+    triggerer`` command passes a
+    :class:`~celery_defer.triggers.clock.SystemClock`. A test that wants its
+    own time passes its own
+    :class:`~celery_defer.triggers.clock.ShiftableClock`: moving it moves this
+    triggerer's timers and no others.
     """
 
     def __init__(
-        self, app: Celery, capacity: int | None = None, metrics_port: int | None = None
+        self,
+        app: Celery,
+        capacity: int | None = None,
+        metrics_port: int | None = None,
+        *,
+        clock: TriggerClock | None = None,
     ) -> None:
         settings = Settings.from_app(app)
         if capacity is None:
@@ -81,6 +98,8 @@ class Triggerer:
         self.block_warning = settings.triggerer_block_warning
         self.app = app
         self.capacity = capacity
+        #: The clock its timer triggers go by.
+        self.clock: TriggerClock = DEFAULT_CLOCK if clock is None else clock
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: TriggerRunner | None = None
@@ -115,7 +134,7 @@ class Triggerer:
             to_loop(runner.revoke, task_ids)
 
         # What TaskResultTrigger and ExternalEventTrigger wait through.
-        runtime = Watchers(self.app, runner.store)
+        runtime = Watchers(self.app, runner.store, self.clock)
 
         def on_event_hint(key: str) -> None:
             to_loop(runtime.hint, key)

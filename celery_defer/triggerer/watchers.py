@@ -37,6 +37,7 @@ from celery_defer.exceptions import SerializationError, StoreError, TriggerFaile
 from celery_defer.external_events import matches, payload_of
 from celery_defer.settings import Settings
 from celery_defer.store import Store
+from celery_defer.triggers.clock import DEFAULT_CLOCK, TriggerClock
 from celery_defer.triggers.result_backend import fetch_ready
 
 if TYPE_CHECKING:
@@ -63,8 +64,9 @@ class Watchers:
     ``loop.call_soon_threadsafe``.
     """
 
-    def __init__(self, app: Celery, store: Store) -> None:
+    def __init__(self, app: Celery, store: Store, clock: TriggerClock = DEFAULT_CLOCK) -> None:
         self._app = app
+        self._clock = clock
         settings = Settings.from_app(app)
         self._events = _EventWatcher(app, store, settings)
         self._results = _ResultWatcher(app)
@@ -73,6 +75,11 @@ class Watchers:
     def app(self) -> Celery:
         """The triggerer's app."""
         return self._app
+
+    @property
+    def clock(self) -> TriggerClock:
+        """The triggerer's clock: its timer triggers read it and sleep on it."""
+        return self._clock
 
     async def external_event(self, key: str, since: datetime | None) -> Any:
         """Wait for the newest event of ``key`` within retention and at/after ``since``."""

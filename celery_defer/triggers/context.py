@@ -11,6 +11,12 @@ context they are created in), and eager mode sets one for the task's app.
 
 The runtime is also where the batching lives: a thousand triggers waiting on
 a thousand task ids cost one backend lookup per interval, not a thousand.
+
+And it is where time comes from: timer triggers read the time and sleep through
+:func:`current_clock`, the runtime's :attr:`~TriggerRuntime.clock` (chosen by
+whoever owns the host: ``Triggerer(app, clock=...)``), or
+:data:`~celery_defer.triggers.clock.DEFAULT_CLOCK` where no runtime is set
+(a trigger run by hand, a trigger made in a worker's task body).
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery_defer.exceptions import TriggerFailed
+from celery_defer.triggers.clock import DEFAULT_CLOCK, TriggerClock
 
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["TriggerRuntime", "current_runtime", "use_runtime"]
+__all__ = ["TriggerRuntime", "current_clock", "current_runtime", "use_runtime"]
 
 
 class TriggerRuntime(Protocol):
@@ -35,6 +42,10 @@ class TriggerRuntime(Protocol):
     @property
     def app(self) -> Celery:
         """The Celery app whose deferrals the host runs (its result backend, its conf)."""
+
+    @property
+    def clock(self) -> TriggerClock:
+        """The clock the host's timer triggers read the time from and sleep on."""
 
     async def external_event(self, key: str, since: datetime | None) -> Any:
         """Wait for an external event for ``key``; return its payload.
@@ -72,6 +83,17 @@ def current_runtime(needed_by: str) -> TriggerRuntime:
             "eager DeferrableTask, not on an event loop of its own"
         )
     return runtime
+
+
+def current_clock() -> TriggerClock:
+    """The clock of the host running this code, or the process's default clock.
+
+    Never raises: a timer trigger works on an event loop of its own too,
+    where it goes by :data:`~celery_defer.triggers.clock.DEFAULT_CLOCK` (the
+    wall clock, unless :mod:`celery_defer.testing` moved it).
+    """
+    runtime = _runtime.get()
+    return DEFAULT_CLOCK if runtime is None else runtime.clock
 
 
 @contextmanager

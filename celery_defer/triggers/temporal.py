@@ -7,8 +7,11 @@ alone would drift from the wall clock across an NTP step, a suspend or a long
 wait; so a trigger never sleeps more than an hour and re-reads the wall clock
 after every sleep, which keeps it from firing early or much too late.
 
-Both read the time and sleep through :mod:`celery_defer.triggers.clock`, which
-tests can move (:func:`celery_defer.testing.fast_forward`, ``skip_time``):
+Both read the time and sleep on the clock of the context they run in
+(:func:`~celery_defer.triggers.context.current_clock`: the triggerer's or the
+eager task's clock, else the process's default clock), which tests can move
+(:func:`celery_defer.testing.fast_forward`, ``skip_time``, or a
+:class:`~celery_defer.triggers.clock.ShiftableClock` given to a triggerer):
 a sleep there is a loop timer that a clock shift can also end early.
 """
 
@@ -19,9 +22,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from celery_defer.exceptions import InvalidDeferral
-from celery_defer.triggers import clock
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
-from celery_defer.triggers.clock import sleep as _sleep
+from celery_defer.triggers.context import current_clock
 
 __all__ = ["MAX_SLEEP", "DateTimeTrigger", "TimeDeltaTrigger"]
 
@@ -33,8 +35,13 @@ _CLASSPATH = "celery_defer.triggers.DateTimeTrigger"
 
 
 def _now() -> datetime:
-    """The current wall-clock time, aware, in UTC (shifted when a test moves the clock)."""
-    return clock.now()
+    """The current time, aware, in UTC, on the clock of the context this runs in."""
+    return current_clock().now()
+
+
+async def _sleep(seconds: float) -> None:
+    """Sleep on the same clock :func:`_now` reads (one a clock shift can end early)."""
+    await current_clock().sleep(seconds)
 
 
 def _as_utc(moment: Any) -> datetime:

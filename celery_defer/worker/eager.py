@@ -24,6 +24,7 @@ from celery_defer.external_events import matches, payload_of
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.clock import DEFAULT_CLOCK, TriggerClock
 from celery_defer.triggers.context import use_runtime
 from celery_defer.triggers.execution import first_event
 from celery_defer.triggers.result_backend import fetch_ready
@@ -39,15 +40,26 @@ MAX_EVENT_POLL = 1.0
 
 
 class InlineRuntime:
-    """A :class:`~celery_defer.triggers.context.TriggerRuntime` for one eager task."""
+    """A :class:`~celery_defer.triggers.context.TriggerRuntime` for one eager task.
 
-    def __init__(self, app: Celery) -> None:
+    Its timer triggers go by the process's default clock, the one
+    :func:`celery_defer.testing.skip_time` and ``fast_forward`` move: an
+    eager task has no owner that could have chosen another.
+    """
+
+    def __init__(self, app: Celery, clock: TriggerClock = DEFAULT_CLOCK) -> None:
         self._app = app
+        self._clock = clock
 
     @property
     def app(self) -> Celery:
         """The eager task's app."""
         return self._app
+
+    @property
+    def clock(self) -> TriggerClock:
+        """The clock the eager task's timer trigger goes by."""
+        return self._clock
 
     async def external_event(self, key: str, since: datetime | None) -> Any:
         """Poll the store (every 50 ms, slowing to every second) for a matching event."""
