@@ -410,6 +410,6 @@ class Run:
 
     def wake_triggerers(self) -> None:
         """One new-trigger notice, as a deferring task sends (rows stored in bulk send none)."""
-        from celery_defer import notices
+        from celery_defer.broker import notices
 
         notices.announce_trigger(self.app, 0)
