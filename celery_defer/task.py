@@ -126,8 +126,9 @@ class DeferrableTask(Task):  # type: ignore[misc]
                 },
             )
             _warn_if_outlives_results(self, checked.timeout_at)
+        store = store_for(self.app)
         try:
-            stored = store_for(self.app).save_deferral(
+            stored = store.save_deferral(
                 NewDeferral(
                     task_id=task_id,
                     task_name=self.name,
@@ -141,7 +142,8 @@ class DeferrableTask(Task):  # type: ignore[misc]
             )
         except StoreError as exc:
             resend_later(self, exc, deferring=True)
-        notices.announce_trigger(self.app, stored.trigger_id)
+        if not store.notifies_new_triggers:  # the save itself woke them otherwise
+            notices.announce_trigger(self.app, stored.trigger_id)
         monitoring.send(
             self,
             "task-deferred",

@@ -13,8 +13,10 @@ touching its rows.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from typing import Protocol
 
 from celery_defer.store.records import (
     Cancelled,
@@ -43,8 +45,34 @@ def system_clock() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class Listener(Protocol):
+    """A background listener a triggerer starts and stops with its loop."""
+
+    #: Set once it listens (what is sent from then on is heard).
+    ready: threading.Event
+
+    def start(self) -> None:
+        """Begin listening (in a thread of its own)."""
+
+    def stop(self) -> None:
+        """Ask it to stop; returns at once."""
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for it to have stopped."""
+
+
 class Store(abc.ABC):
     """Persistence of triggers, deferrals and triggerers."""
+
+    #: Whether :meth:`save_deferral` itself wakes the triggerers (PostgreSQL's NOTIFY in the
+    #: saving statement, the in-memory store's callbacks): then the task side sends no
+    #: new-trigger notice through the broker (DESIGN §5: the write that makes a deferral
+    #: durable is also what wakes the triggerer).
+    notifies_new_triggers: bool = False
+
+    def new_trigger_listener(self, on_notice: Callable[[], None]) -> Listener | None:
+        """A listener calling ``on_notice`` when a deferral is saved, or None (no such means)."""
+        return None
 
     @abc.abstractmethod
     def create_schema(self) -> None:

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from celery_defer.exceptions import StoreError
-from celery_defer.store.base import Clock, Store, system_clock
+from celery_defer.store.base import Clock, Listener, Store, system_clock
 from celery_defer.store.memory_tables import (
     DeferralRow,
     Tables,
@@ -74,6 +74,7 @@ class InMemoryStore(Store):
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or system_clock
         self._lock = threading.Lock()
+        self._listeners: set[Callable[[], None]] = set()
         # Ids keep counting across reset(): a late outcome or notice for a trigger
         # forgotten by a reset must never land on a new one (the SQL store never
         # reuses an id either).
@@ -109,7 +110,21 @@ class InMemoryStore(Store):
 
     # -- task side ---------------------------------------------------------
 
+    #: A save calls the listeners of this store directly (every triggerer that can see an
+    #: in-memory store lives in its process).
+    notifies_new_triggers = True
+
+    def new_trigger_listener(self, on_notice: Callable[[], None]) -> Listener | None:
+        """A listener called by every :meth:`save_deferral` of this store."""
+        return _SaveListener(self._listeners, on_notice)
+
     def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
+        stored = self._save(deferral)
+        for on_notice in list(self._listeners):  # outside the lock: they may call the store
+            on_notice()
+        return stored
+
+    def _save(self, deferral: NewDeferral) -> StoredDeferral:
         with self._lock:
             now = self._now()
             trigger = TriggerRow(
@@ -387,3 +402,24 @@ class InMemoryStore(Store):
 
 def _utc_or_none(timeout_at: datetime | None) -> datetime | None:
     return None if timeout_at is None else utc(timeout_at, "timeout_at")
+
+
+class _SaveListener:
+    """Registers ``on_notice`` with its store while started."""
+
+    def __init__(self, listeners: set[Callable[[], None]], on_notice: Callable[[], None]) -> None:
+        self._listeners = listeners
+        self._on_notice = on_notice
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        """Be called from the next save on."""
+        self._listeners.add(self._on_notice)
+        self.ready.set()
+
+    def stop(self) -> None:
+        """Be called no more."""
+        self._listeners.discard(self._on_notice)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing runs in the background."""

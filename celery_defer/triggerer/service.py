@@ -26,12 +26,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from celery_defer.broker.event_hints import event_hint_listener
-from celery_defer.broker.listener import BrokerListener
 from celery_defer.broker.notices import notice_listener
 from celery_defer.broker.revocations import revoke_listener
 from celery_defer.exceptions import CeleryDeferError, ConfigurationError
 from celery_defer.settings import Settings
 from celery_defer.store import store_for
+from celery_defer.store.base import Listener
 from celery_defer.triggerer.metrics import MetricsServer
 from celery_defer.triggerer.runner import TriggerRunner
 from celery_defer.triggerer.watchdog import LoopWatchdog
@@ -107,7 +107,7 @@ class Triggerer:
         self._ready = threading.Event()
         self._done = threading.Event()
         self._error: BaseException | None = None
-        self._listeners: list[BrokerListener] = []
+        self._listeners: list[Listener] = []
 
     @property
     def running_triggers(self) -> int:
@@ -139,11 +139,14 @@ class Triggerer:
         def on_event_hint(key: str) -> None:
             to_loop(runtime.hint, key)
 
-        listeners = [
+        listeners: list[Listener] = [
             notice_listener(self.app, on_notice),
             revoke_listener(self.app, self.id, on_revoke),
             event_hint_listener(self.app, self.id, on_event_hint),
         ]
+        woken_by_store = runner.store.new_trigger_listener(on_notice)
+        if woken_by_store is not None:
+            listeners.append(woken_by_store)
         self._listeners = listeners
         self._loop, self._runner = loop, runner
         in_main_thread = threading.current_thread() is threading.main_thread()

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    func,
     insert,
     literal,
     null,
@@ -40,17 +41,19 @@ from celery_defer.store.records import (
     StoredDeferral,
 )
 from celery_defer.store.sql.columns import StateColumn, UtcDateTime, aware_utc
+from celery_defer.store.sql.notify import CHANNEL
 from celery_defer.store.sql.schema import deferrals, triggers
 
 __all__ = ["begin_resume", "cancel", "finish", "get", "reopen", "save"]
 
 
 def _postgresql_save() -> Any:
-    """save() on PostgreSQL: one statement instead of three.
+    """save() on PostgreSQL: one statement instead of three, and the triggerers' wake-up.
 
     Inserts the trigger and the deferral; a task deferring again under the
     same id updates its row to the next generation (``ON CONFLICT``, which
-    also settles two saves of one task id racing each other).
+    also settles two saves of one task id racing each other). It notifies
+    :data:`~celery_defer.store.sql.notify.CHANNEL` in the same statement.
     """
     now = bindparam("now", type_=UtcDateTime())
     trigger = (
@@ -84,7 +87,12 @@ def _postgresql_save() -> Any:
     return statement.on_conflict_do_update(
         index_elements=[deferrals.c.task_id],
         set_={**replaced, "generation": deferrals.c.generation + 1},
-    ).returning(deferrals.c.trigger_id, deferrals.c.generation)
+    ).returning(
+        deferrals.c.trigger_id,
+        deferrals.c.generation,
+        # Delivered when this statement commits: the save itself wakes the triggerers.
+        func.pg_notify(CHANNEL, "").label("notified"),
+    )
 
 
 _POSTGRESQL_SAVE = _postgresql_save()

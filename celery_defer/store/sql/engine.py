@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, SQLAlchemyError
 
 from celery_defer.exceptions import ConfigurationError, SchemaMissing, StoreError
 
@@ -32,11 +33,44 @@ def create_store_engine(url: str) -> Engine:
             event.listen(engine, "connect", _configure_sqlite)
             event.listen(engine, "begin", _begin_immediate)
             return engine
-        # pre_ping: a database restart must cost one reconnect, not one error per pooled
-        # connection.
-        return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
+        engine = create_engine(url, pool_recycle=1800)
+        event.listen(engine, "checkin", _mark_returned)
+        event.listen(engine, "checkout", _ping_if_idle)
+        return engine
     except (ArgumentError, ImportError) as exc:
         raise ConfigurationError(f"cannot use defer_database_url {url!r}: {exc}") from exc
+
+
+#: A pooled connection idle longer than this (seconds) is pinged before use.
+IDLE_PING = 1.0
+
+
+def _mark_returned(_dbapi_connection: Any, record: Any) -> None:
+    record.info["returned_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a connection that sat in the pool, not one in steady use.
+
+    A database restart must cost one reconnect, not one error per pooled
+    connection; ``pool_pre_ping`` would buy that with a round trip before
+    every transaction, on the hot path. A connection back in the pool within
+    the last :data:`IDLE_PING` seconds is used as is (a restart in that
+    window costs one error, which the store's callers retry); an older one is
+    pinged, and a dead one replaced (``DisconnectionError`` makes the pool
+    reconnect).
+    """
+    returned_at = record.info.get("returned_at")
+    if returned_at is None or time.monotonic() - returned_at < IDLE_PING:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:
+        raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:

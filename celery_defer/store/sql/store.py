@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from celery_defer.exceptions import ConfigurationError
-from celery_defer.store.base import Clock, Store, system_clock
+from celery_defer.store.base import Clock, Listener, Store, system_clock
 from celery_defer.store.records import (
     FIRING,
     RESUMED,
@@ -52,6 +52,7 @@ from celery_defer.store.sql import (
 )
 from celery_defer.store.sql.columns import aware_utc
 from celery_defer.store.sql.engine import create_store_engine, translated
+from celery_defer.store.sql.notify import NotifyListener
 
 __all__ = ["SqlStore"]
 
@@ -74,6 +75,20 @@ class SqlStore(Store):
         self.engine: Engine = create_store_engine(url)
         self.clock: Clock = clock or system_clock
         self._schema_checked = not create_schema
+        self.notifies_new_triggers = self.engine.dialect.name == "postgresql"
+        # One statement is its own transaction: on PostgreSQL the operations that are one
+        # statement run in autocommit, one round trip instead of BEGIN, statement, COMMIT.
+        self._single = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.notifies_new_triggers
+            else self.engine
+        )
+
+    def new_trigger_listener(self, on_notice: Callable[[], None]) -> Listener | None:
+        """On PostgreSQL, a LISTEN on the channel every save notifies; elsewhere None."""
+        if not self.notifies_new_triggers:
+            return None
+        return NotifyListener(self.engine, on_notice)
 
     def _now(self) -> datetime:
         return aware_utc(self.clock(), "the store clock's time")
@@ -83,6 +98,14 @@ class SqlStore(Store):
         if not self._schema_checked:
             self.create_schema()
         with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _one_statement(self) -> Iterator[Connection]:
+        """For an operation that is a single statement on this dialect (see ``_single``)."""
+        if not self._schema_checked:
+            self.create_schema()
+        with self._single.begin() as conn:
             yield conn
 
     # -- schema -----------------------------------------------------------
@@ -101,24 +124,24 @@ class SqlStore(Store):
 
     @translated
     def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             return deferrals.save(conn, deferral, now=self._now())
 
     @translated
     def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             return deferrals.begin_resume(
                 conn, task_id, generation, reclaim=reclaim, now=self._now()
             )
 
     @translated
     def reopen_resume(self, task_id: str, generation: int) -> None:
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             deferrals.reopen(conn, task_id, generation, now=self._now())
 
     @translated
     def finish(self, task_id: str, generation: int) -> None:
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             deferrals.finish(conn, task_id, generation)
 
     @translated
