@@ -219,17 +219,7 @@ class Tables:
         row = self.deferrals.get(task_id)
         if row is None:
             return None
-        return DeferralInfo(
-            task_id=row.task_id,
-            task_name=row.task_name,
-            state=row.state,
-            generation=row.generation,
-            method=row.method,
-            trigger_id=row.trigger_id,
-            timeout_at=row.timeout_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return DeferralInfo.of(row)
 
     def oldest_first(self) -> list[DeferralRow]:
         """Deferrals by when the task first deferred (then by task id, for ties)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 class DeferralState(str, enum.Enum):
@@ -122,6 +123,14 @@ class DeferralInfo:
     timeout_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> DeferralInfo:
+        """The info of a stored deferral row (a SQL row or an in-memory one: same names)."""
+        return cls(**{name: getattr(row, name) for name in _INFO_FIELDS})
+
+
+_INFO_FIELDS = tuple(DeferralInfo.__dataclass_fields__)
 
 
 @dataclass(frozen=True)

@@ -207,17 +207,7 @@ def get(conn: Connection, task_id: str) -> DeferralInfo | None:
     row = conn.execute(select(deferrals).where(deferrals.c.task_id == task_id)).first()
     if row is None:
         return None
-    return DeferralInfo(
-        task_id=row.task_id,
-        task_name=row.task_name,
-        state=row.state,
-        generation=row.generation,
-        method=row.method,
-        trigger_id=row.trigger_id,
-        timeout_at=row.timeout_at,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return DeferralInfo.of(row)
 
 
 def cancel(conn: Connection, task_ids: Sequence[str]) -> Cancelled:
