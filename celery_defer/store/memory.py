@@ -27,6 +27,7 @@ from celery_defer.exceptions import StoreError
 from celery_defer.store.base import Clock, Listener, Store, system_clock
 from celery_defer.store.memory_tables import (
     DeferralRow,
+    SaveListener,
     Tables,
     TriggererRow,
     TriggerRow,
@@ -116,7 +117,7 @@ class InMemoryStore(Store):
 
     def new_trigger_listener(self, on_notice: Callable[[], None]) -> Listener | None:
         """A listener called by every :meth:`save_deferral` of this store."""
-        return _SaveListener(self._listeners, on_notice)
+        return SaveListener(self._listeners, on_notice)
 
     def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
         stored = self._save(deferral)
@@ -398,28 +399,3 @@ class InMemoryStore(Store):
                 rewritten += sum(write(key, version, new) for (key, _, version), new in changed)
             if len(batch) < batch_size:
                 return rewritten
-
-
-def _utc_or_none(timeout_at: datetime | None) -> datetime | None:
-    return None if timeout_at is None else utc(timeout_at, "timeout_at")
-
-
-class _SaveListener:
-    """Registers ``on_notice`` with its store while started."""
-
-    def __init__(self, listeners: set[Callable[[], None]], on_notice: Callable[[], None]) -> None:
-        self._listeners = listeners
-        self._on_notice = on_notice
-        self.ready = threading.Event()
-
-    def start(self) -> None:
-        """Be called from the next save on."""
-        self._listeners.add(self._on_notice)
-        self.ready.set()
-
-    def stop(self) -> None:
-        """Be called no more."""
-        self._listeners.discard(self._on_notice)
-
-    def join(self, timeout: float | None = None) -> None:
-        """Nothing runs in the background."""

@@ -11,6 +11,7 @@ locks: every caller holds the store's lock.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from celery_defer.store.records import (
     TriggererStatus,
 )
 
-__all__ = ["MEMORY_URL", "Tables", "is_memory_url", "utc"]
+__all__ = ["MEMORY_URL", "SaveListener", "Tables", "is_memory_url", "utc", "utc_or_none"]
 
 #: The ``defer_database_url`` that selects the in-memory store.
 MEMORY_URL = "memory://"
@@ -45,6 +46,11 @@ def utc(moment: datetime, name: str = "datetime") -> datetime:
     if moment.utcoffset() is None:
         raise ValueError(f"the store takes aware UTC datetimes; {name} is naive: {moment!r}")
     return moment.astimezone(timezone.utc)
+
+
+def utc_or_none(moment: datetime | None, name: str) -> datetime | None:
+    """:func:`utc` of an optional datetime."""
+    return None if moment is None else utc(moment, name)
 
 
 @dataclass
@@ -303,3 +309,25 @@ class Tables:
             if not self.events[event.key]:
                 del self.events[event.key]
         return len(old)
+
+
+class SaveListener:
+    """The in-memory store's new-trigger listener: ``on_notice`` is called by every save
+    while started."""
+
+    def __init__(self, listeners: set[Callable[[], None]], on_notice: Callable[[], None]) -> None:
+        self._listeners = listeners
+        self._on_notice = on_notice
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        """Be called from the next save on."""
+        self._listeners.add(self._on_notice)
+        self.ready.set()
+
+    def stop(self) -> None:
+        """Be called no more."""
+        self._listeners.discard(self._on_notice)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing runs in the background."""
