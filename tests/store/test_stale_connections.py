@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from celery_defer.exceptions import StoreError
-from celery_defer.store import SqlStore
+from celery_defer.store import NewDeferral, SqlStore
 from celery_defer.store.sql import engine as store_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -45,6 +45,25 @@ def test_a_connection_killed_while_idle_is_replaced_not_an_error(
     time.sleep(0.1)  # longer than IDLE_PING: the next checkout pings, finds it dead
     assert pg_store.get_deferral("nobody") is None  # no StoreError
     assert _backend_pid(pg_store) != first
+
+
+def test_after_an_idle_ping_single_statement_operations_still_work(
+    pg_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ping must leave no transaction open: the single-statement operations switch the
+    connection to autocommit, which psycopg refuses inside a transaction."""
+    monkeypatch.setattr(store_engine, "IDLE_PING", 0.01)
+    _backend_pid(pg_store)
+    for n in range(3):
+        time.sleep(0.05)  # idle: the next checkout pings
+        stored = pg_store.save_deferral(
+            NewDeferral(f"t{n}", "proj.t", "run", "{}", "{}", "c", "{}", None)
+        )
+        time.sleep(0.05)
+        assert pg_store.begin_resume(f"t{n}", stored.generation) is False  # not fired yet
+        time.sleep(0.05)
+        pg_store.finish(f"t{n}", stored.generation)
+    assert pg_store.get_deferral("t2") is not None
 
 
 def test_a_connection_in_steady_use_is_not_pinged(

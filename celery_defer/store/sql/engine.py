@@ -35,7 +35,7 @@ def create_store_engine(url: str) -> Engine:
             return engine
         engine = create_engine(url, pool_recycle=1800)
         event.listen(engine, "checkin", _mark_returned)
-        event.listen(engine, "checkout", _ping_if_idle)
+        event.listen(engine, "checkout", _pinging_if_idle(engine))
         return engine
     except (ArgumentError, ImportError) as exc:
         raise ConfigurationError(f"cannot use defer_database_url {url!r}: {exc}") from exc
@@ -49,28 +49,30 @@ def _mark_returned(_dbapi_connection: Any, record: Any) -> None:
     record.info["returned_at"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """Ping a connection that sat in the pool, not one in steady use.
+def _pinging_if_idle(engine: Engine) -> Callable[[Any, Any, Any], None]:
+    """The checkout hook of ``engine``: ping a connection that sat in the pool.
 
     A database restart must cost one reconnect, not one error per pooled
     connection; ``pool_pre_ping`` would buy that with a round trip before
     every transaction, on the hot path. A connection back in the pool within
     the last :data:`IDLE_PING` seconds is used as is (a restart in that
     window costs one error, which the store's callers retry); an older one is
-    pinged, and a dead one replaced (``DisconnectionError`` makes the pool
-    reconnect).
+    pinged with the dialect's own ping (which leaves no transaction open), and
+    a dead one replaced (``DisconnectionError`` makes the pool reconnect).
     """
-    returned_at = record.info.get("returned_at")
-    if returned_at is None or time.monotonic() - returned_at < IDLE_PING:
-        return
-    try:
-        cursor = dbapi_connection.cursor()
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at < IDLE_PING:
+            return
         try:
-            cursor.execute("SELECT 1")
-        finally:
-            cursor.close()
-    except Exception as exc:
-        raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("stale pooled connection")
+
+    return ping_if_idle
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:
