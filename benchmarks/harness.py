@@ -11,7 +11,6 @@ from /proc and printed lives in :mod:`readings`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -20,28 +19,34 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+# The repository root, for the process harness the tests use too (tests/support/processes.py):
+# the benchmarks run as plain scripts, from a checkout.
+sys.path.insert(1, str(BENCH_DIR.parent))
 
 import benchapp  # noqa: E402
 from readings import CpuWindow  # noqa: E402
 
-T = TypeVar("T")
+from tests.support.processes import Processes  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
+
+__all__ = ["Run", "arguments", "wait_until"]
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def _terminate(signum: int, frame: Any) -> None:
+def _terminate(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through Run.__exit__: processes stopped, data gone
 
 
@@ -86,17 +91,6 @@ def arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 class Run:
     """One isolated benchmark run (see the module docstring)."""
 
@@ -132,8 +126,7 @@ class Run:
 
         self.marks = redis.Redis.from_url(f"{redis_url}/0")
         self.logdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, Path] = {}
+        self.processes = Processes(name, "benchapp", BENCH_DIR, self.env, self.logdir)
         self._app: Any = None
         self.failed = False
         self.admin = sa.create_engine(args.postgres)
@@ -163,8 +156,7 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        for role in list(self.processes):
-            self.stop(role, timeout=60)
+        self.processes.stop_all(timeout=60)
         if self._app is not None:
             self._app.close()
         self.engine.dispose()
@@ -202,19 +194,7 @@ class Run:
     # -- processes --------------------------------------------------------
 
     def start(self, role: str, *argv: str) -> subprocess.Popen[bytes]:
-        log = self.logdir / f"{role}.log"
-        with open(log, "ab") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "benchapp", *argv],
-                cwd=BENCH_DIR,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[role] = process
-        self.logs[role] = log
-        return process
+        return self.processes.start(role, *argv)
 
     def start_worker(
         self, concurrency: int, pool: str = "prefork", timeout: float = 60
@@ -237,7 +217,7 @@ class Run:
         )
 
         def answers() -> bool:
-            self._check_alive("worker")
+            self.processes.check_alive("worker")
             return bool(self.app.control.ping(destination=[node], timeout=0.5))
 
         wait_until(answers, timeout, "the worker to answer a ping", interval=0.2)
@@ -248,30 +228,19 @@ class Run:
         process = self.start("triggerer", "triggerer", "--capacity", str(capacity))
 
         def registered() -> bool:
-            self._check_alive("triggerer")
+            self.processes.check_alive("triggerer")
             return bool(self.scalar("select count(*) from defer_triggerers"))
 
         wait_until(registered, timeout, "the triggerer to register", interval=0.05)
         return process
 
     def _check_alive(self, role: str) -> None:
-        process = self.processes[role]
-        if process.poll() is not None:
-            raise RuntimeError(f"{role} exited with {process.returncode}\n{self.log_tails()}")
+        self.processes.check_alive(role)
 
     def stop(self, role: str, timeout: float = 60) -> float:
         """SIGTERM, then SIGKILL of its group after ``timeout``; returns the seconds taken."""
-        process = self.processes.pop(role)
         began = time.monotonic()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # children left by a killed parent
-            os.killpg(process.pid, signal.SIGKILL)
+        self.processes.stop(role, timeout)
         return time.monotonic() - began
 
     def profile(self, *roles: str, tag: str = "") -> None:
@@ -287,7 +256,7 @@ class Run:
         for role in roles:
             name = f"{self.name}{tag}-{role}"
             with open(self.logdir / f"py-spy-{name}.log", "ab") as log:
-                self.processes[f"py-spy-{role}"] = subprocess.Popen(
+                self.processes.running[f"py-spy-{role}"] = subprocess.Popen(
                     [
                         spy,
                         "record",
@@ -310,21 +279,16 @@ class Run:
 
     def profiled(self) -> None:
         """Stop the profilers: each writes its collapsed stacks on SIGINT."""
-        for role in [r for r in self.processes if r.startswith("py-spy-")]:
-            process = self.processes.pop(role)
+        for role in [r for r in self.processes.running if r.startswith("py-spy-")]:
+            process = self.processes.running.pop(role)
             process.send_signal(signal.SIGINT)
             process.wait(timeout=60)
 
     def log_tails(self, lines: int = 25) -> str:
-        parts = []
-        for role, path in self.logs.items():
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {role} ({path}) ---\n" + "\n".join(tail))
-        return "\n".join(parts)
+        return self.processes.log_tails(lines)
 
     def pid(self, role: str) -> int:
-        return self.processes[role].pid
+        return self.processes.running[role].pid
 
     def cpu_window(self, *roles: str) -> CpuWindow:
         """Start measuring the CPU of ``roles`` (with their children) and of the machine."""

@@ -30,10 +30,10 @@ __all__ = [
     "InvalidDeferral",
     "InvalidEvent",
     "TaskDeferred",
-    "Triggerer",
     "TriggerEvent",
     "TriggerFailed",
     "TriggerTimeout",
+    "Triggerer",
     "install",
     "send_event",
 ]

@@ -74,6 +74,7 @@ class Keyring:
         self.size = len(fernets)
 
     def __repr__(self) -> str:
+        """How many keys, never the keys themselves."""
         return f"<Keyring of {self.size} key{'s' if self.size != 1 else ''}>"
 
     def seal(self, text: str) -> str:

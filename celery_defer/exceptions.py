@@ -80,6 +80,7 @@ class TaskDeferred(BaseException):
         self.timeout = timeout
 
     def __repr__(self) -> str:
+        """The deferral's parts, as a developer reading a log needs them."""
         return (
             f"TaskDeferred(trigger={self.trigger!r}, method_name={self.method_name!r}, "
             f"timeout={self.timeout!r})"

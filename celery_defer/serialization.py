@@ -26,7 +26,7 @@ from typing import Any
 
 from celery_defer.exceptions import SerializationError
 
-__all__ = ["TAG", "SUPPORTED", "decode", "dumps", "encode", "loads"]
+__all__ = ["SUPPORTED", "TAG", "decode", "dumps", "encode", "loads"]
 
 #: The key marking a tagged value.
 TAG = "__cd__"

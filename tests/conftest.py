@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from celery import Celery
+
+from tests.support import inprocess
+from tests.support.inprocess import fresh_store_url, make_app
 
 pytest_plugins = ("celery.contrib.pytest",)
 
@@ -119,7 +124,7 @@ def amqp_url() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# In-process apps (see tests/inprocess.py)
+# In-process apps (see tests/support/inprocess.py)
 #
 # CELERY_DEFER_TEST_STORE (sqlite | postgres) and CELERY_DEFER_TEST_BROKER (memory | redis |
 # amqp) move every in-process app to a real store and broker. A service chosen that way is
@@ -127,11 +132,6 @@ def amqp_url() -> str:
 # the run pass on the defaults it was meant to replace).
 # ---------------------------------------------------------------------------------------------
 
-from pathlib import Path  # noqa: E402
-
-import inprocess  # noqa: E402
-from celery import Celery  # noqa: E402
-from inprocess import fresh_store_url, make_app  # noqa: E402
 
 _CHECKS: dict[str, Callable[[str], None]] = {
     "postgres": _check_postgres,
@@ -167,7 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"{env_var}={url} is not reachable: {exc}") from None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header() -> str:
     store, broker = inprocess.selected_store(), inprocess.selected_broker()
     return f"in-process apps: store {store}, broker {broker}"
 

@@ -29,8 +29,8 @@ ALIAS = "defer-filesystem"
 class Channel(filesystem.Channel):  # type: ignore[misc]
     """A filesystem channel whose messages appear whole or not at all."""
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+    def _put(self, queue: str, payload: Any, **_kwargs: Any) -> None:
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         # A leading dot and no ".msg" suffix: _get skips the file until renamed.
         partial = os.path.join(self.data_folder_out, f".partial-{uuid.uuid4()}")

@@ -77,9 +77,11 @@ class BrokerListener(threading.Thread):
         self.ready = threading.Event()
 
     def stop(self) -> None:
+        """Ask the thread to stop; it ends within its consume timeout."""
         self._stopping.set()
 
     def run(self) -> None:
+        """Consume until stopped, reconnecting with a backoff while the broker is away."""
         backoff = 0.5
         while not self._stopping.is_set():
             try:
@@ -106,7 +108,7 @@ class BrokerListener(threading.Thread):
                     except TimeoutError:  # socket.timeout
                         conn.heartbeat_check()
 
-    def _deliver(self, body: Any, message: Any) -> None:
+    def _deliver(self, body: Any, _message: Any) -> None:
         try:
             self.on_message(body)
         except Exception:

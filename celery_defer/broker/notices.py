@@ -52,5 +52,5 @@ def announce_trigger(app: Celery, trigger_id: int) -> None:
 def notice_listener(app: Celery, on_notice: Callable[[], None]) -> BrokerListener:
     """A listener that calls ``on_notice`` for each new-trigger notice."""
     return BrokerListener(
-        app, "new-trigger notices", lambda: [notice_queue(app)], lambda body: on_notice()
+        app, "new-trigger notices", lambda: [notice_queue(app)], lambda _body: on_notice()
     )

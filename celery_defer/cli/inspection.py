@@ -34,7 +34,7 @@ __all__ = ["COMMANDS", "reveal"]
 SEALED = json.dumps(encryption.PLACEHOLDER)
 
 
-def reveal(app: Celery, stored: str) -> str:
+def reveal(app: Celery, stored: str) -> str:  # noqa: ARG001 - the app, as for every helper
     """The typed-JSON text of a stored user value, for ``celery defer show`` to print.
 
     The one place where inspection turns what the store holds back into

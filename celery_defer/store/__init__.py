@@ -40,12 +40,12 @@ if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = [
-    "Cancelled",
     "DEFERRED",
     "FIRING",
     "MEMORY_URL",
     "RESUMED",
     "RUNNING",
+    "Cancelled",
     "ClaimedTrigger",
     "Clock",
     "DeferralInfo",

@@ -70,7 +70,7 @@ class Store(abc.ABC):
     #: durable is also what wakes the triggerer).
     notifies_new_triggers: bool = False
 
-    def new_trigger_listener(self, on_notice: Callable[[], None]) -> Listener | None:
+    def new_trigger_listener(self, on_notice: Callable[[], None]) -> Listener | None:  # noqa: ARG002
         """A listener calling ``on_notice`` when a deferral is saved, or None (no such means)."""
         return None
 

@@ -167,6 +167,7 @@ class Tables:
                     row.trigger_id = None
 
     def trigger_of(self, row: DeferralRow) -> TriggerRow | None:
+        """The trigger row a deferral waits on, if it still has one."""
         return None if row.trigger_id is None else self.triggers.get(row.trigger_id)
 
     # -- deferrals -------------------------------------------------------------
@@ -222,6 +223,7 @@ class Tables:
     # -- inspection ------------------------------------------------------------
 
     def info(self, task_id: str) -> DeferralInfo | None:
+        """What the inspection commands show of one deferral."""
         row = self.deferrals.get(task_id)
         if row is None:
             return None
@@ -252,6 +254,7 @@ class Tables:
         return found
 
     def stats(self) -> StoreStats:
+        """Counts by state and by triggerer, as the SQL store's stats query gives them."""
         running: dict[str | None, int] = {}
         for trigger in self.triggers.values():
             running[trigger.triggerer_id] = running.get(trigger.triggerer_id, 0) + 1
@@ -281,6 +284,7 @@ class Tables:
     # -- external events --------------------------------------------------------
 
     def add_event(self, event: ExternalEvent) -> None:
+        """Keep an external event under its key."""
         self.events.setdefault(event.key, {})[event.id] = event
 
     def latest_events(self, keys: Iterable[str], cutoff: datetime) -> dict[str, ExternalEvent]:

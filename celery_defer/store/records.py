@@ -36,6 +36,7 @@ class DeferralState(str, enum.Enum):
     RUNNING = "running"
 
     def __str__(self) -> str:
+        """The value, as logs and CLI tables show it."""
         # The value, as in logs and CLI tables; not "DeferralState.DEFERRED".
         return str(self.value)
 

@@ -136,6 +136,7 @@ class ResumePipeline:
             await self.mark_published()
 
     async def mark_published(self) -> None:
+        """Record the resumes published since the last call, in one transaction."""
         batch, self._published = self._published, []
         if not batch:
             return

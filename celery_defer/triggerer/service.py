@@ -229,6 +229,7 @@ class Triggerer:
             self._thread.join(timeout)
 
     def __enter__(self) -> Triggerer:
+        """Start the triggerer for the ``with`` block."""
         return self.start()
 
     def __exit__(
@@ -237,7 +238,9 @@ class Triggerer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop the triggerer, handing its triggers back."""
         self.stop()
 
     def __repr__(self) -> str:
+        """Its id and capacity."""
         return f"<Triggerer {self.id} capacity={self.capacity}>"

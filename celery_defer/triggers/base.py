@@ -33,6 +33,7 @@ class TriggerEvent:
         self.payload = payload
 
     def __eq__(self, other: object) -> bool:
+        """Events are equal when their payloads are (tests compare them)."""
         if isinstance(other, TriggerEvent):
             return bool(self.payload == other.payload)
         return NotImplemented
@@ -40,6 +41,7 @@ class TriggerEvent:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
+        """The payload, as it would be written to build the event."""
         return f"TriggerEvent({self.payload!r})"
 
 

@@ -79,6 +79,7 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
     def __repr__(self) -> str:
+        """Which clock it is, in logs and test failures."""
         return "SystemClock()"
 
 
@@ -187,6 +188,7 @@ class ShiftableClock:
                 loop.call_soon_threadsafe(_release, group)
 
     def __repr__(self) -> str:
+        """Which clock it is and how far it is moved, in logs and test failures."""
         return f"<ShiftableClock offset={self.offset()}>"
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from faultkit import TALLIES
+
+from tests.faults.faultkit import TALLIES
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -93,7 +93,7 @@ def _install_fault_hooks() -> None:
             while True:  # the events are stored; their resumes are never sent
                 time.sleep(3600)
 
-        resumes.publish_until_unreachable = hang  # type: ignore[assignment]
+        resumes.publish_until_unreachable = hang
 
     if env.get("FAULT_PARTITIONED"):
         from celery_defer.triggerer import runner

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,12 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import cast
 
 import redis
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import make_url
-from waiting import wait_until
+
+from tests.support.processes import Processes
+from tests.support.waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,28 +71,20 @@ class FaultRun:
     store: sa.Engine
     markers: redis.Redis
     prefix: str
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    logs: dict[str, Path] = field(default_factory=dict)
+    procs: Processes
     task_ids: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     _supervisors: list[threading.Event] = field(default_factory=list)
 
-    # -- processes ---------------------------------------------------------------------------
+    # -- processes (tests/support/processes.py) ------------------------------------------------
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The running processes, by role."""
+        return self.procs.running
 
     def start(self, role: str, *argv: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        log = self.logdir / f"{len(self.logs):02d}-{role}.log"
-        self.logs[role] = log
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "faultapp", *argv],
-                cwd=HERE,
-                env={**self.env, **extra_env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[role] = process
-        return process
+        return self.procs.start(role, *argv, env=extra_env)
 
     def start_worker(self, role: str = "worker", *options: str, **extra_env: str) -> None:
         options = options or ("--pool", "threads", "--concurrency", "8")
@@ -144,47 +137,20 @@ class FaultRun:
         self.wait_for_log("beat", "beat: Starting")
 
     def wait_for_log(self, role: str, text: str, timeout: float = START_TIMEOUT) -> None:
-        process, log = self.processes[role], self.logs[role]
-
-        def seen() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"{role} exited with {process.returncode}\n{self.tails()}")
-            return text in log.read_text(errors="replace")
-
-        try:
-            wait_until(seen, timeout, f"{text!r} in the {role} log")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.tails()}") from None
+        self.procs.wait_for_log(role, text, timeout)
 
     def kill(self, role: str) -> None:
         """``kill -9`` the process and everything in its session (prefork children too)."""
-        process = self.processes.pop(role)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        self.procs.kill(role)
 
     def stop(self, role: str, timeout: float = 15.0) -> None:
-        process = self.processes.pop(role, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        self.procs.stop(role, timeout)
 
     def tails(self, lines: int = 30) -> str:
-        parts = []
-        for role, log in self.logs.items():
-            text = log.read_text(errors="replace") if log.exists() else ""
-            tail = "\n".join(text.splitlines()[-lines:])
-            parts.append(f"----- {self.scenario}: {role} (last {lines} lines) -----\n{tail}")
-        return "\n".join(parts)
+        return self.procs.log_tails(lines)
 
     def log_count(self, role: str, text: str) -> int:
-        return self.logs[role].read_text(errors="replace").count(text)
+        return self.procs.log_count(role, text)
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -237,7 +203,7 @@ class FaultRun:
             raise AssertionError(f"{exc}: {self.states()}\n{self.tails()}") from None
 
     def runs(self, key: str = "done") -> Counter[str]:
-        raw = self.markers.hgetall(f"{self.prefix}:{key}")
+        raw = cast(dict[bytes, bytes], self.markers.hgetall(f"{self.prefix}:{key}"))
         return Counter({k.decode(): int(v) for k, v in raw.items()})
 
     def wait_all_done(self, timeout: float = 90.0) -> None:
@@ -317,22 +283,15 @@ def fault_run(
         store=sa.create_engine(store_url, pool_pre_ping=True),
         markers=markers,
         prefix=full_env["FAULT_PREFIX"],
+        procs=Processes(scenario, "faultapp", HERE, full_env, logdir),
     )
     try:
-        subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "faultapp", "defer", "init-db"],
-            cwd=HERE,
-            env=full_env,
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
+        run.procs.run("defer", "init-db")
         yield run
     finally:
         for supervisor in run._supervisors:
             supervisor.set()
-        for role in sorted(run.processes, key=lambda r: r.startswith("worker")):
-            run.stop(role)
+        run.procs.stop_all(first=[r for r in run.processes if not r.startswith("worker")])
         _drop_queues(run)
         with contextlib.suppress(Exception):
             keys = list(markers.scan_iter(match=f"{run.prefix}:*"))

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import redis
-from waiting import wait_until
+
+from tests.support.waiting import wait_until
 
 #: Where Debian's package keeps the node script (/usr/sbin/rabbitmq-server wraps it to
 #: run as the rabbitmq user, who cannot write the test's directory).

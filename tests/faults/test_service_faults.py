@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from faultkit import FaultRun, fault_run
-from servers import PrivateRabbitMQ, PrivateRedis
-from waiting import wait_until
+
+from tests.faults.faultkit import FaultRun, fault_run
+from tests.faults.servers import PrivateRabbitMQ, PrivateRedis
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,16 +30,16 @@ from celery.backends.database.models import ResultModelBase
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from sqlalchemy.engine import make_url
-from waiting import wait_until
 
+from tests.integration import proj
+from tests.support.processes import STOP_TIMEOUT, Processes
+from tests.support.waiting import wait_until
+
+# The subprocesses run ``celery -A proj``: the app module next to this file, on their path.
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-import proj  # noqa: E402 - the app module the subprocesses run, found next to this file
 
-# How long a process may take to start, and to stop after SIGTERM.
+#: How long a process may take to start.
 START_TIMEOUT = 40.0
-STOP_TIMEOUT = 15.0
 
 #: The worker options the first integration tests use: one thread, one slot.
 THREADS_WORKER = ("--pool", "threads", "--concurrency", "1")
@@ -64,80 +62,34 @@ class Cluster:
     app: Celery
     store_engine: sa.Engine
     marker_redis: Any
+    processes: Processes
     #: Queue label -> this run's queue name ("default" is the app's default queue).
     queues: dict[str, str] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    logs: list[Path] = field(default_factory=list)
-    _starts: int = 0
     _stores: list[Any] = field(default_factory=list)
 
-    # -- processes ---------------------------------------------------------
+    # -- processes (tests/support/processes.py) ----------------------------------
 
     def start(self, role: str, *argv: str) -> subprocess.Popen[bytes]:
-        self._starts += 1
-        log_path = self.logdir / f"{self._starts:02d}-{role}.log"
-        self.logs.append(log_path)
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "proj", *argv],
-                cwd=HERE,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[role] = process
-        return process
+        return self.processes.start(role, *argv)
 
     def start_triggerer(self) -> subprocess.Popen[bytes]:
         process = self.start("triggerer", "triggerer", "-l", "INFO")
-        log = self.logs[-1]
-        self.wait_for_log(log, "running, capacity", START_TIMEOUT, process)
+        self.wait_for_log("triggerer", "running, capacity")
         return process
 
-    def wait_for_log(
-        self, log: Path, text: str, timeout: float, process: subprocess.Popen[bytes]
-    ) -> None:
-        def seen() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"{log.name} exited with {process.returncode}\n{self.log_tails()}"
-                )
-            return text in log.read_text(errors="replace")
-
-        try:
-            wait_until(seen, timeout, f"{text!r} in {log.name}", interval=0.1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.log_tails()}") from None
+    def wait_for_log(self, role: str, text: str, timeout: float = START_TIMEOUT) -> None:
+        self.processes.wait_for_log(role, text, timeout, interval=0.1)
 
     def stop(self, role: str, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        process = self.processes.pop(role, None)
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # The whole session: a prefork worker's children too.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        return process.returncode
+        return self.processes.stop(role, timeout)
 
     def stop_all(self) -> dict[str, int | None]:
         # Producers first, so nothing is sent to a worker that is gone.
-        order = sorted(self.processes, key=("beat", "triggerer", "worker").index)
-        return {role: self.stop(role) for role in order}
+        return self.processes.stop_all(first=("beat", "triggerer", "worker"))
 
     def log_tails(self, lines: int = 40) -> str:
-        parts = []
-        for log in self.logs:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            tail = "\n".join(text.splitlines()[-lines:])
-            parts.append(f"----- {self.name}: {log.name} (last {lines} lines) -----\n{tail}")
-        return "\n".join(parts)
+        return self.processes.log_tails(lines)
 
     # -- client apps -----------------------------------------------------------
 
@@ -203,7 +155,7 @@ class Cluster:
         seen: list[str] = []
 
         def reached() -> bool:
-            current = result.state
+            current: str = result.state
             if not seen or seen[-1] != current:
                 seen.append(current)
             return current == state
@@ -304,17 +256,11 @@ def running_cluster(
         app=app,
         store_engine=sa.create_engine(store_url),
         marker_redis=redis.Redis.from_url(redis_url_db),
+        processes=Processes(config, "proj", HERE, env, logdir),
         queues=queues,
     )
     try:
-        subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "proj", "defer", "init-db"],
-            cwd=HERE,
-            env=env,
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
+        cluster.processes.run("defer", "init-db")
         if backend_url.startswith("db+"):
             # Create celery's result tables before the worker races to. Explicitly: before
             # Celery 5.5 a read creates them only for the first database the process used.
@@ -337,7 +283,7 @@ def running_cluster(
             "--without-gossip",
         )
         cluster.start_triggerer()
-        beat = cluster.start(
+        cluster.start(
             "beat", "beat", "-l", "INFO", "--schedule", str(logdir / "celerybeat-schedule")
         )
         try:
@@ -347,7 +293,7 @@ def running_cluster(
                 f"the worker did not answer ({exc!r}, worker exit code {worker.poll()})\n"
                 f"{cluster.log_tails()}"
             ) from None
-        cluster.wait_for_log(cluster.logs[-1], "beat: Starting", START_TIMEOUT, beat)
+        cluster.wait_for_log("beat", "beat: Starting")
         yield cluster
     finally:
         codes = cluster.stop_all()

@@ -28,9 +28,10 @@ import pytest
 from celery import chain, chord, group
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
-from harness import Cluster, running_cluster, wait_until
 
 from celery_defer import DEFERRED, TriggerTimeout
+from tests.integration.harness import Cluster, running_cluster
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -321,7 +322,7 @@ class TestCanvasReal:
         ready = threading.Event()
         with cluster.app.connection_for_read() as connection:
             receiver = cluster.app.events.Receiver(connection, handlers={"*": events.append})
-            receiver.on_consume_ready = lambda *args, **kwargs: ready.set()
+            receiver.on_consume_ready = lambda *_args, **_kwargs: ready.set()
             thread = threading.Thread(
                 target=receiver.capture, kwargs={"wakeup": False}, daemon=True
             )

@@ -20,9 +20,11 @@ from collections.abc import Iterator
 
 import pytest
 from celery.result import AsyncResult
-from harness import STOP_TIMEOUT, Cluster, running_cluster, wait_until
 
 from celery_defer import DEFERRED, InvalidDeferral, TriggerFailed, TriggerTimeout
+from tests.integration.harness import Cluster, running_cluster
+from tests.support.processes import STOP_TIMEOUT
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -113,6 +113,7 @@ _MISSING_TABLE = re.compile(
 
 
 def is_missing_table(exc: SQLAlchemyError) -> bool:
+    """Whether a driver error says one of our tables does not exist (no schema yet)."""
     return _MISSING_TABLE.search(str(exc).lower()) is not None
 
 
