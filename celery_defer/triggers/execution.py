@@ -8,6 +8,7 @@ that says which way, and ``cleanup()`` runs on every exit.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 
@@ -51,11 +52,13 @@ async def first_event(trigger: BaseTrigger) -> TriggerEvent:
             await stream.aclose()
             return item
         raise TriggerFailed(f"{name} ended without yielding an event")
-    except TriggerFailed:
-        raise
-    except (Exception, SystemExit) as exc:
-        # SystemExit too: a trigger calling sys.exit() must fail its own tasks,
-        # not stop the triggerer and every other trigger it runs.
+    except (TriggerFailed, asyncio.CancelledError):
+        raise  # the runner tells its own cancellations from a trigger's (runner.py)
+    except BaseException as exc:
+        # Every BaseException, not only Exception: a trigger raising SystemExit,
+        # KeyboardInterrupt, GeneratorExit or one of its own must fail its tasks,
+        # never end the triggerer's process (asyncio re-raises KeyboardInterrupt and
+        # SystemExit out of the loop) nor leave its tasks without an outcome.
         raise TriggerFailed(f"{name} raised {type(exc).__name__}: {exc}") from exc
     finally:
         await _cleanup(trigger, name)
@@ -64,5 +67,7 @@ async def first_event(trigger: BaseTrigger) -> TriggerEvent:
 async def _cleanup(trigger: BaseTrigger, name: str) -> None:
     try:
         await trigger.cleanup()
-    except Exception:
+    except asyncio.CancelledError:
+        raise
+    except BaseException:  # KeyboardInterrupt included: never fatal to the triggerer
         logger.exception("cleanup() of trigger %s raised; ignored", name, extra={"trigger": name})

@@ -84,6 +84,42 @@ class ExitsProcess(_Simple):
         yield  # pragma: no cover
 
 
+class Interrupts(_Simple):
+    """Raises KeyboardInterrupt from run(): would end the triggerer's process (#14.3)."""
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+
+class RaisesGeneratorExit(_Simple):
+    """Raises GeneratorExit from run(): submitted no outcome, its task waited for ever."""
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.sleep(0)
+        raise GeneratorExit("closed by hand")
+        yield  # pragma: no cover
+
+
+class Doom(BaseException):
+    """A BaseException subclass of a trigger's own."""
+
+
+class RaisesBaseException(_Simple):
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.sleep(0)
+        raise Doom("not an Exception")
+        yield  # pragma: no cover
+
+
+class CleanupInterrupts(_Simple):
+    """Fires, then its cleanup() raises KeyboardInterrupt: logged, never fatal."""
+
+    async def cleanup(self) -> None:
+        raise KeyboardInterrupt
+
+
 class RaisesCancelled(_Simple):
     """Raises CancelledError of its own (e.g. from a cancelled future it awaited)."""
 

@@ -20,13 +20,17 @@ from celery_defer.triggers import BaseTrigger
 from tests.inprocess.bad_input.kit import (
     DEFER_OPTIONS,
     Blocker,
+    CleanupInterrupts,
     CleanupRaises,
     EndsEmpty,
     ExitsProcess,
+    Interrupts,
     Live,
     PlainRun,
     Raises,
+    RaisesBaseException,
     RaisesCancelled,
+    RaisesGeneratorExit,
     ReturnsEvent,
     YieldsJunk,
     YieldsUnstorable,
@@ -50,6 +54,18 @@ MISBEHAVING: dict[str, tuple[Any, str]] = {
     "run-ends-without-event": (EndsEmpty, rf"^{KIT}.EndsEmpty ended without yielding an event$"),
     "run-raises": (Raises, rf"^{KIT}.Raises raised ConnectionError: upstream said no$"),
     "run-raises-system-exit": (ExitsProcess, rf"^{KIT}.ExitsProcess raised SystemExit: 3$"),
+    "run-raises-keyboard-interrupt": (
+        Interrupts,
+        rf"^{KIT}.Interrupts raised KeyboardInterrupt: $",
+    ),
+    "run-raises-generator-exit": (
+        RaisesGeneratorExit,
+        rf"^{KIT}.RaisesGeneratorExit raised GeneratorExit: closed by hand$",
+    ),
+    "run-raises-a-base-exception-of-its-own": (
+        RaisesBaseException,
+        rf"^{KIT}.RaisesBaseException raised Doom: not an Exception$",
+    ),
     "run-raises-cancelled-error": (
         RaisesCancelled,
         rf"^{KIT}.RaisesCancelled raised CancelledError, but nothing cancelled it \(did it await "
@@ -128,18 +144,27 @@ def logged() -> Iterator[Records]:
 
 
 DEFER_OPTIONS["cleanup-raises"] = lambda: {"trigger": CleanupRaises()}
+DEFER_OPTIONS["cleanup-interrupts"] = lambda: {"trigger": CleanupInterrupts()}
 DEFER_OPTIONS["blocks-the-loop"] = lambda: {"trigger": Blocker(1.2)}
 
 
+CLEANUPS = {
+    "cleanup-raises": ("CleanupRaises", RuntimeError),
+    "cleanup-interrupts": ("CleanupInterrupts", KeyboardInterrupt),
+}
+
+
+@pytest.mark.parametrize("case", list(CLEANUPS))
 def test_a_cleanup_that_raises_is_logged_and_the_task_resumes(
-    live: Live, triggerer: Triggerer, logged: Records
+    live: Live, triggerer: Triggerer, logged: Records, case: str
 ) -> None:
+    name, error = CLEANUPS[case]
     before = live.defer("good", tag="before")
-    result = live.defer("cleanup-raises")
-    assert result.get(timeout=10, interval=0.02) == {"tag": "cleanup-raises", "payload": True}
+    result = live.defer(case)
+    assert result.get(timeout=10, interval=0.02) == {"tag": case, "payload": True}
     assert_untouched(live, triggerer, before)
-    (record,) = logged.warnings(f"cleanup() of trigger {KIT}.CleanupRaises raised; ignored")
-    assert record.exc_info and "cleanup broke" in str(record.exc_info[1])
+    (record,) = logged.warnings(f"cleanup() of trigger {KIT}.{name} raised; ignored")
+    assert record.exc_info and isinstance(record.exc_info[1], error)
 
 
 def test_a_trigger_blocking_the_loop_is_named_and_the_others_keep_firing(
