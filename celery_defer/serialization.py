@@ -52,7 +52,10 @@ def encode(value: Any, *, where: str = "value") -> Any:
     non-string dict keys and non-finite floats raise
     :class:`~celery_defer.exceptions.SerializationError`.
     """
-    return _encode(value, where, set())
+    try:
+        return _encode(value, where, set())
+    except RecursionError:
+        raise SerializationError(f"{where}: nested too deeply to store") from None
 
 
 def _encode(value: Any, path: str, seen: set[int]) -> Any:
@@ -130,7 +133,10 @@ def decode(data: Any, *, where: str = "value") -> Any:
     on. An unknown tag or a malformed tagged value raises
     :class:`~celery_defer.exceptions.SerializationError` naming its path.
     """
-    return _decode(data, where)
+    try:
+        return _decode(data, where)
+    except RecursionError:
+        raise SerializationError(f"{where}: nested too deeply to decode") from None
 
 
 def _decode(data: Any, path: str) -> Any:
@@ -228,4 +234,6 @@ def loads(text: str, *, where: str = "value") -> Any:
         data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SerializationError(f"{where}: corrupt JSON: {exc}") from exc
+    except RecursionError:
+        raise SerializationError(f"{where}: nested too deeply to decode") from None
     return decode(data, where=where)

@@ -35,6 +35,8 @@ def check_event_key(key: Any) -> str:
         raise InvalidDeferral(
             f"an event key is at most {MAX_KEY_LENGTH} characters, got {len(key)}"
         )
+    if "\x00" in key:
+        raise InvalidDeferral(f"an event key cannot hold a NUL character, got {key!r}")
     return key
 
 

@@ -119,6 +119,6 @@ def _stored_object(task: DeferrableTask, codec: Codec, text: str) -> dict[str, A
         data = json.loads(clear)
         if not isinstance(data, dict):
             raise TypeError(f"a JSON {type(data).__name__}, not an object")
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise StoreError(corrupt_message(task.name, task.request.id, "kwargs", exc)) from None
     return data

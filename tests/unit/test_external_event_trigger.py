@@ -5,11 +5,15 @@ Tasks resuming on events run in tests/inprocess/triggers/test_external_event.py.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from celery import Celery
 
-from celery_defer.exceptions import InvalidDeferral
+from celery_defer import send_event
+from celery_defer.exceptions import InvalidDeferral, InvalidEvent
+from celery_defer.store import store_for
 from celery_defer.triggers import ExternalEventTrigger
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,3 +33,26 @@ WAIT_STATES = ("PENDING", "DEFERRED")
 def test_bad_arguments_are_refused(key: Any, since: Any, message: str) -> None:
     with pytest.raises(InvalidDeferral, match=message):
         ExternalEventTrigger(key, since=since)
+
+
+def _deep(depth: int) -> Any:
+    value: Any = None
+    for _ in range(depth):
+        value = {"v": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("key", "payload", "message"),
+    [
+        ("order\x00a", None, "cannot hold a NUL character"),
+        ("order-a", {"deep": _deep(5000)}, "nested too deeply to store"),
+    ],
+    ids=["nul-in-key", "payload-nested-5000-deep"],
+)
+def test_send_event_refuses_with_invalid_event(key: str, payload: Any, message: str) -> None:
+    app = Celery("nul", set_as_current=False)
+    app.conf.defer_database_url = "memory://"
+    with pytest.raises(InvalidEvent, match=message):
+        send_event(app, key, payload)
+    assert store_for(app).latest_events([key], datetime(2000, 1, 1, tzinfo=timezone.utc)) == {}

@@ -199,3 +199,21 @@ def test_decode_refuses_unknown_or_malformed_tags(data: Any, expected: str) -> N
 def test_loads_reports_bad_tag_with_where() -> None:
     with pytest.raises(SerializationError, match=r"^kwargs\['a'\]: unknown type tag 'x'"):
         loads('{"a": {"__cd__": "x", "v": 1}}', where="kwargs")
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_too_deeply_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(SerializationError, match=r"^kwargs: nested too deeply to store$"):
+        dumps({"deep": _nested(5000)}, where="kwargs")
+
+
+def test_stored_text_nested_too_deeply_is_a_clear_error_not_a_recursion_error() -> None:
+    text = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(SerializationError, match=r"^kwargs: nested too deeply to decode$"):
+        loads(text, where="kwargs")
