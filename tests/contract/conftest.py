@@ -40,7 +40,7 @@ def postgres_scratch(postgres_url: str) -> Iterator[tuple[sa.Engine, str, str]]:
     """(admin engine, schema name, store URL whose search_path is that schema)."""
     schema = f"celery_defer_store_{os.getpid()}"
     url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    admin = sa.create_engine(postgres_url)
+    admin = sa.create_engine(postgres_url, pool_pre_ping=True)  # lives across DB restarts
     yield admin, schema, url.render_as_string(hide_password=False)
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
