@@ -19,7 +19,8 @@ from celery import Celery
 from tests.support import inprocess
 from tests.support.inprocess import fresh_store_url, make_app
 
-pytest_plugins = ("celery.contrib.pytest",)
+# tests.support.blocking: the watchdog tests' `records` fixture (unit and in-process).
+pytest_plugins = ("celery.contrib.pytest", "tests.support.blocking")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from celery_defer import DeferrableTask, Triggerer
 from celery_defer.store import store_for
 from celery_defer.testing import SuccessTrigger
 from celery_defer.triggers import BaseTrigger, TriggerEvent
+from tests.support.blocking import HelperBlocker
 from tests.support.inprocess import make_app
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,45 +37,6 @@ class Blocker(BaseTrigger):
         Blocker.started = time.time()
         time.sleep(self.seconds)
         Blocker.ended = time.time()
-        yield TriggerEvent("unblocked")
-
-
-def _block_deep_down(seconds: float) -> None:
-    trigger_id = 999  # a decoy: the watchdog reads no variable of any frame
-    _block_here(seconds + trigger_id * 0)
-
-
-def _block_here(seconds: float) -> None:
-    time.sleep(seconds)
-
-
-class HelperBlocker(BaseTrigger):
-    """Blocks the loop from a helper function two calls down, which has a local named
-    ``trigger_id`` (the watchdog once read the runner's local of that name)."""
-
-    started = ended = 0.0
-
-    def __init__(self, seconds: float, in_a_task_of_its_own: bool = False) -> None:
-        self.seconds = seconds
-        self.in_a_task_of_its_own = in_a_task_of_its_own
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{__name__}.HelperBlocker",
-            {"seconds": self.seconds, "in_a_task_of_its_own": self.in_a_task_of_its_own},
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        async def helper() -> None:
-            HelperBlocker.started = time.time()
-            _block_deep_down(self.seconds)
-            HelperBlocker.ended = time.time()
-
-        if self.in_a_task_of_its_own:
-            # No frame of the blocked stack belongs to the trigger or to the runner.
-            await asyncio.create_task(helper())
-        else:
-            await helper()
         yield TriggerEvent("unblocked")
 
 
@@ -173,8 +134,10 @@ def test_the_trigger_is_named_from_a_helper_deep_down(app: Celery, records: Reco
         assert blocked.get(timeout=15) == "unblocked"
 
     (stall,) = [r for r in records.records if "so far" in r.getMessage()]
-    assert stall.trigger == f"{__name__}.HelperBlocker"  # type: ignore[attr-defined]
+    assert stall.trigger == f"{HelperBlocker.__module__}.HelperBlocker"  # type: ignore[attr-defined]
     assert stall.trigger_id == trigger_id  # type: ignore[attr-defined]
-    assert f"trigger {__name__}.HelperBlocker (id {trigger_id})" in stall.getMessage()
+    assert (
+        f"trigger {HelperBlocker.__module__}.HelperBlocker (id {trigger_id})" in stall.getMessage()
+    )
     assert "in _block_here" in stall.getMessage()
     assert HelperBlocker.started <= stall.created < HelperBlocker.ended
