@@ -74,7 +74,7 @@ class NotifyListener:
         try:
             connection: Any = raw.driver_connection
             connection.autocommit = True
-            connection.execute(f"LISTEN {CHANNEL}")
+            connection.execute(f"LISTEN {CHANNEL}")  # notifies(timeout=...): psycopg 3.2+
             self.ready.set()
             self._on_notice()  # anything saved before LISTEN took effect
             while not self._stopping.is_set():
