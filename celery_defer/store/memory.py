@@ -32,6 +32,7 @@ from celery_defer.store.memory_tables import (
     TriggererRow,
     TriggerRow,
     utc,
+    utc_or_none,
 )
 from celery_defer.store.records import (
     DEFERRED,
@@ -143,9 +144,7 @@ class InMemoryStore(Store):
                 state=DEFERRED,
                 outcome=None,
                 generation=1 if previous is None else previous.generation + 1,
-                timeout_at=None
-                if deferral.timeout_at is None
-                else utc(deferral.timeout_at, "timeout_at"),
+                timeout_at=utc_or_none(deferral.timeout_at, "timeout_at"),
                 created_at=now if previous is None else previous.created_at,
                 updated_at=now,
             )
