@@ -33,6 +33,7 @@ from celery_defer.settings import Settings
 from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
 from celery_defer.triggerer.firing import ResumePipeline
 from celery_defer.triggerer.metrics import TriggererMetrics
+from celery_defer.triggerer.supervision import supervise
 from celery_defer.triggerer.watchdog import running_trigger
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.execution import describe, first_event
@@ -69,6 +70,8 @@ class TriggerRunner:
         self.host = host
         self.pid = pid
         self.running: dict[int, asyncio.Task[None]] = {}
+        #: Why the triggerer stopped on its own (a loop that failed), or None.
+        self.failure: BaseException | None = None
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-defer-db")
         # Since Python 3.10 these bind to the loop on first use, not here.
         self._stop = asyncio.Event()
@@ -116,7 +119,7 @@ class TriggerRunner:
                 asyncio.create_task(self._resumes.mark_loop(), name="mark-resumed"),
                 asyncio.create_task(self._resumes.republish_loop(), name="republish"),
             ]
-            await self._stop.wait()
+            self.failure = await supervise(side, self._stop, self.triggerer_id)
             for task in side[:2]:
                 task.cancel()
             await self._cancel_triggers(list(self.running))

@@ -172,6 +172,10 @@ class Triggerer:
             # Every task of the loop copies this context: triggers find the runtime.
             with use_runtime(runtime):
                 loop.run_until_complete(runner.main())
+            if runner.failure is not None:
+                raise CeleryDeferError(
+                    f"triggerer {self.id} stopped: {runner.failure!r} (see the log above)"
+                ) from runner.failure
         except BaseException as exc:
             self._error = exc
             raise
