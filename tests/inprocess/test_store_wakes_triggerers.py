@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from celery_defer import Triggerer
-from celery_defer.store import NewDeferral, Store, store_for
+from celery_defer.store import NewDeferral, SqlStore, Store, store_for
 from celery_defer.testing import SuccessTrigger
 from tests.support.inprocess import make_app
 
@@ -74,7 +75,11 @@ def test_a_saved_deferral_wakes_a_triggerer_without_any_broker_notice(
             assert _fired_within(store, task_id, 3.0), f"{task_id} was not claimed at once"
 
 
-def test_sqlite_cannot_notify_so_the_task_side_sends_a_notice() -> None:
-    app = make_app("sqlite:///:memory:")
-    assert store_for(app).notifies_new_triggers is False
-    assert store_for(app).new_trigger_listener(lambda: None) is None
+def test_sqlite_cannot_notify_so_the_task_side_sends_a_notice(tmp_path: Path) -> None:
+    # Built directly: make_app() may turn a SQLite URL into PostgreSQL (CELERY_DEFER_TEST_STORE).
+    store = SqlStore(f"sqlite:///{tmp_path / 'defer.db'}")
+    try:
+        assert store.notifies_new_triggers is False
+        assert store.new_trigger_listener(lambda: None) is None
+    finally:
+        store.close()

@@ -16,7 +16,7 @@ from celery_defer import DeferrableTask, Triggerer
 from celery_defer.store import store_for
 from celery_defer.testing import SuccessTrigger
 from celery_defer.triggers import BaseTrigger, TriggerEvent
-from tests.support.blocking import HelperBlocker
+from tests.support.blocking import HelperBlocker, Records
 from tests.support.inprocess import make_app
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,15 +40,6 @@ class Blocker(BaseTrigger):
         yield TriggerEvent("unblocked")
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def app(store_url: str) -> Iterator[Celery]:
     app = make_app(store_url)
@@ -68,20 +59,6 @@ def app(store_url: str) -> Iterator[Celery]:
 
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
         yield app
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("celery_defer.triggerer.watchdog")
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # the test worker sets the root logger to ERROR
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def test_a_blocking_trigger_is_named_while_it_blocks(app: Celery, records: Records) -> None:
