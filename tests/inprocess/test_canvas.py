@@ -205,6 +205,14 @@ def test_events_deferred_then_resumed_then_one_success(canvas: Any) -> None:
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     assert ready.wait(10), "the event receiver never started consuming"
+    # On Redis, events are a PUBLISH: the receiver may report itself ready before its
+    # SUBSCRIBE took effect. Probe until an event of our own comes back, then start.
+    with app.events.default_dispatcher() as dispatcher:
+        deadline = time.monotonic() + 10
+        while not any(kind == "test-probe" for kind, _ in seen):
+            assert time.monotonic() < deadline, "the event receiver never received a probe"
+            dispatcher.send("test-probe")
+            time.sleep(0.05)
     result = t["times10"].delay(4)
     assert result.get(timeout=10) == 40
     eventually(lambda: ("task-succeeded", result.id) in seen)
