@@ -90,15 +90,7 @@ class DeferralRow:
         """The resume order of this deferral, with the outcome it stores."""
         # Only deferrals past 'deferred' are resumed, and those all store an outcome.
         assert self.outcome is not None
-        return ResumeOrder(
-            task_id=self.task_id,
-            task_name=self.task_name,
-            generation=self.generation,
-            method=self.method,
-            kwargs=self.kwargs,
-            request=self.request,
-            outcome=self.outcome,
-        )
+        return ResumeOrder.of(self)
 
     def summary(self, trigger: TriggerRow | None) -> DeferralSummary:
         """This deferral as ``celery defer list`` shows it (no user values)."""

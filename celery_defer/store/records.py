@@ -102,6 +102,22 @@ class ResumeOrder:
     request: str
     outcome: str
 
+    @classmethod
+    def of(cls, row: Any, outcome: str | None = None) -> ResumeOrder:
+        """The order of a stored deferral row (a SQL row or an in-memory one: same names).
+
+        ``outcome``, when given, is the one about to be stored with the row.
+        """
+        return cls(
+            task_id=row.task_id,
+            task_name=row.task_name,
+            generation=row.generation,
+            method=row.method,
+            kwargs=row.kwargs,
+            request=row.request,
+            outcome=row.outcome if outcome is None else outcome,
+        )
+
 
 @dataclass(frozen=True)
 class Cancelled:

@@ -3,14 +3,11 @@ upgrade that added them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from celery_defer.store import SqlStore
 from celery_defer.store.sql.schema import SCHEMA_VERSION, external_events, schema_info
@@ -23,28 +20,10 @@ MakeStore = Callable[[str], SqlStore]
 # -- the store's event queries, on SQLite and PostgreSQL ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres_events_url(postgres_url: str) -> Iterator[tuple[sa.Engine, str, str]]:
-    """(admin engine, schema, URL whose search_path is a schema of this module's own)."""
-    schema = f"celery_defer_events_{os.getpid()}"
-    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    admin = sa.create_engine(postgres_url, pool_pre_ping=True)  # lives across DB restarts
-    yield admin, schema, url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def events_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'events.db'}"
-    else:
-        admin, schema, url = request.getfixturevalue("postgres_events_url")
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    store = SqlStore(url)
+@pytest.fixture
+def events_store(store_url: str) -> Iterator[SqlStore]:
+    """A SQL store with its schema, on each SQL backend (``store_url``: an empty database)."""
+    store = SqlStore(store_url)
     store.create_schema()
     yield store
     store.close()

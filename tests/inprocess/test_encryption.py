@@ -20,15 +20,12 @@ import sqlalchemy as sa
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
-from cryptography.fernet import Fernet
 
 import celery_defer
 from celery_defer import DeferrableTask, TriggerFailed, send_event
 from celery_defer.cli import rotate_keys
 from celery_defer.encryption import (
-    Keyring,
     is_sealed,
-    keyring_from_setting,
     unseal,
 )
 from celery_defer.exceptions import EncryptionError
@@ -39,20 +36,9 @@ from celery_defer.testing import SuccessTrigger, wait_until_deferred
 from celery_defer.triggers import ExternalEventTrigger, TriggerEvent
 from tests.support import inprocess
 from tests.support.inprocess import make_app
+from tests.support.keys import KEY_A, KEY_B, KEY_C, SECRET, TRIGGER_SECRET, ring
 
 pytestmark = pytest.mark.timeout(90)
-
-SECRET = "s3cret-password-of-the-task"
-TRIGGER_SECRET = "s3cret-api-token-of-the-trigger"
-KEY_A = Fernet.generate_key().decode()
-KEY_B = Fernet.generate_key().decode()
-KEY_C = Fernet.generate_key().decode()
-
-
-def ring(*keys: str) -> Keyring:
-    keyring = keyring_from_setting(list(keys))
-    assert keyring is not None
-    return keyring
 
 
 # -- end to end -----------------------------------------------------------------------------

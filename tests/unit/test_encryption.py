@@ -10,13 +10,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from cryptography.fernet import Fernet
 
 from celery_defer.codec import Codec, codec_for
 from celery_defer.encryption import (
-    Keyring,
     is_sealed,
-    keyring_from_setting,
     reseal,
     seal,
     unseal,
@@ -25,20 +22,9 @@ from celery_defer.encryption import (
 from celery_defer.exceptions import ConfigurationError, EncryptionError
 from celery_defer.serialization import dumps, loads
 from celery_defer.settings import Settings
+from tests.support.keys import KEY_A, KEY_B, KEY_C, SECRET, ring
 
 pytestmark = pytest.mark.timeout(90)
-
-SECRET = "s3cret-password-of-the-task"
-TRIGGER_SECRET = "s3cret-api-token-of-the-trigger"
-KEY_A = Fernet.generate_key().decode()
-KEY_B = Fernet.generate_key().decode()
-KEY_C = Fernet.generate_key().decode()
-
-
-def ring(*keys: str) -> Keyring:
-    keyring = keyring_from_setting(list(keys))
-    assert keyring is not None
-    return keyring
 
 
 # -- the setting ----------------------------------------------------------------------------

@@ -32,12 +32,4 @@ def order_of(row: Any, outcome: str | None = None) -> ResumeOrder:
     ``outcome``, when given, is the one about to be stored with the row (a
     query that fires selects the row before it writes its outcome).
     """
-    return ResumeOrder(
-        task_id=row.task_id,
-        task_name=row.task_name,
-        generation=row.generation,
-        method=row.method,
-        kwargs=row.kwargs,
-        request=row.request,
-        outcome=row.outcome if outcome is None else outcome,
-    )
+    return ResumeOrder.of(row, outcome)
