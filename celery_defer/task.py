@@ -4,10 +4,11 @@ Celery's tracer (celery/app/trace.py, ``build_tracer``) calls ``task(*args)``
 instead of ``task.run`` when a task class overrides ``__call__``, with the
 live request already pushed. That makes ``__call__`` the one place that sees
 every execution: it catches :class:`TaskDeferred` from any depth, stores the
-deferral, writes the ``DEFERRED`` state and raises ``celery.exceptions.Ignore``
-— which makes the tracer skip ``mark_as_done`` (no chord count), callbacks,
-the chain step, ``on_success`` and the success/failure signals, and ack the
-message, so the worker slot is free.
+deferral, writes the ``DEFERRED`` state and ends the execution with Celery's
+``Ignore`` outcome — the tracer skips ``mark_as_done`` (no chord count),
+callbacks, the chain step, ``on_success`` and the success/failure signals,
+and acks the message, so the worker slot is free. (How it ends cheaply, without
+Celery formatting a traceback: :mod:`celery_defer.worker.ending`.)
 
 A resume is the same task id re-sent with the :data:`~celery_defer.wire.RESUME_HEADER`
 header: :mod:`celery_defer.worker.resuming` runs it; eager executions run
@@ -22,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore
 
 from celery_defer.broker import monitoring, notices
 from celery_defer.codec import codec_for
@@ -33,6 +33,7 @@ from celery_defer.triggers.base import BaseTrigger
 from celery_defer.validation import check_deferral
 from celery_defer.wire import ResumeHeader, deadline_of, snapshot_request
 from celery_defer.worker.eager import call_inline
+from celery_defer.worker.ending import end_execution, wrap_tracer
 from celery_defer.worker.outage import resend_later
 from celery_defer.worker.resuming import resume
 
@@ -73,6 +74,19 @@ class DeferrableTask(Task):  # type: ignore[misc]
         """
         raise TaskDeferred(trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
+    @property
+    def __trace__(self) -> Any:
+        """The tracer Celery built for this task, wrapped so a deferral ends cheaply.
+
+        Celery's worker sets ``task.__trace__ = build_tracer(...)`` and calls
+        it for every message; see :mod:`celery_defer.worker.ending`.
+        """
+        return self.__dict__.get("_defer_tracer")
+
+    @__trace__.setter
+    def __trace__(self, tracer: Any) -> None:
+        self.__dict__["_defer_tracer"] = None if tracer is None else wrap_tracer(tracer)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run one execution: the body, a resume, or (eager) the body with inline triggers.
 
@@ -92,10 +106,9 @@ class DeferrableTask(Task):  # type: ignore[misc]
         except TaskDeferred as raised:
             deferred = raised
         # Outside the except block: a refusal must not show the deferral as its context.
+        deferred.__traceback__ = None  # the frames it holds are of no further use
         self._defer(deferred, started)
-        # Raised here, not deeper: the tracer formats this traceback twice (billiard's
-        # ExceptionInfo, celery/app/trace.py handle_ignore), each frame at a cost.
-        raise Ignore()
+        end_execution()
 
     # -- deferring --------------------------------------------------------
 

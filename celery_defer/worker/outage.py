@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from celery.exceptions import Ignore
-
 from celery_defer.exceptions import StoreError
 from celery_defer.wire import RECLAIM_HEADER, RESEND_HEADER, ResumeHeader, header_of
+from celery_defer.worker.ending import end_execution
 
 if TYPE_CHECKING:
     from celery import Task
@@ -55,7 +54,7 @@ def resend_later(task: Task, error: StoreError, *, deferring: bool) -> NoReturn:
             error,
             extra={"task_id": request.id},
         )
-        raise Ignore()
+        end_execution()
     countdown = min(2.0**attempt, 60.0)
     logger.warning(
         "store unreachable while %s %s[%s] (%s); resending in %.0fs",
@@ -79,7 +78,7 @@ def resend_later(task: Task, error: StoreError, *, deferring: bool) -> NoReturn:
     # send_task, not apply_async: a resume's message kwargs are not the body's
     # arguments (they travel in the resume header), so no argument check applies.
     task.app.send_task(task.name, args=signature.args, kwargs=signature.kwargs, **options)
-    raise Ignore()
+    end_execution()
 
 
 def quietly(operation: Callable[[str, int], None], task_id: str, generation: int) -> None:

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Retry
 
 from celery_defer import serialization
 from celery_defer.broker import monitoring
@@ -29,6 +29,7 @@ from celery_defer.wire import (
     deadline_of,
     header_of,
 )
+from celery_defer.worker.ending import end_execution
 from celery_defer.worker.outage import quietly, resend_later
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def resume(task: DeferrableTask, header: ResumeHeader, message_kwargs: dict[str,
             generation,
             extra={"task_id": task_id, "generation": generation},
         )
-        raise Ignore()
+        end_execution()
     monitoring.send(task, "task-resumed", method=header.method, generation=generation)
     try:
         result = _run_method(task, header, message_kwargs)
