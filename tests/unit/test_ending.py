@@ -59,7 +59,8 @@ def test_the_worker_tracer_ends_a_deferral_as_ignored_without_the_tracer_frames(
     assert isinstance(info.retval, Ignore)
     assert isinstance(retval.exception.exc, Ignore)  # what Request.on_failure acks
     assert "trace_task" not in retval.traceback  # no frame of Celery's tracer described
-    assert store_for(app).get_deferral("t-1").method == "run"
+    stored = store_for(app).get_deferral("t-1")
+    assert stored is not None and stored.method == "run"
     assert app.AsyncResult("t-1").state == "DEFERRED"
     assert postrun == [None]  # the one documented difference from Celery's Ignore path
 
@@ -72,7 +73,8 @@ def test_a_tracer_celery_built_elsewhere_still_gets_plain_ignore(app: Celery) ->
 
     assert info.state == IGNORED
     assert not isinstance(retval.exception, ExecutionEnded)
-    assert store_for(app).get_deferral("t-2").method == "run"
+    stored = store_for(app).get_deferral("t-2")
+    assert stored is not None and stored.method == "run"
 
 
 def test_wrapping_twice_wraps_once(app: Celery) -> None:
