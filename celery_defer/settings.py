@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "defer_max_kwargs_bytes": 65536,
     "defer_triggerer_block_warning": 0.5,
     "defer_event_retention": 86400.0,
+    "defer_ended_retention": 600.0,
     "defer_encryption_keys": None,
     "defer_resume_republish_after": 300.0,
 }
@@ -51,6 +52,9 @@ class Settings:
     #: Seconds an external event counts for ExternalEventTrigger waiters; the sweep
     #: deletes older ones.
     event_retention: float
+    #: Seconds an ended deferral stays in the store (``celery defer show`` finds it);
+    #: the sweep deletes older ones.
+    ended_retention: float
     #: Seconds a published resume may wait unclaimed before the sweep publishes it
     #: again (its message may be lost with a broker that restarted without persistence).
     resume_republish_after: float
@@ -76,6 +80,7 @@ class Settings:
             max_kwargs_bytes=_positive_int(app, "defer_max_kwargs_bytes"),
             triggerer_block_warning=_positive_float(app, "defer_triggerer_block_warning"),
             event_retention=_positive_float(app, "defer_event_retention"),
+            ended_retention=_positive_float(app, "defer_ended_retention"),
             encryption_keys=_lookup(app, "defer_encryption_keys"),
             resume_republish_after=_positive_float(app, "defer_resume_republish_after"),
         )

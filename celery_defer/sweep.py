@@ -9,6 +9,7 @@ in the store), so two sweeps running at once never both act on a deferral.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -49,6 +50,8 @@ class SweepReport:
     events_deleted: int = 0
     #: Triggers owned by a triggerer no longer registered, handed back.
     triggers_released: int = 0
+    #: Ended deferrals older than ``defer_ended_retention``, deleted.
+    ended_deleted: int = 0
 
 
 def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
@@ -70,26 +73,30 @@ def sweep(app: Celery, now: datetime | None = None) -> SweepReport:
     _publish(app, stuck)
     deleted = store.delete_unused_triggers()
     released = store.release_orphaned_triggers()
-    events_deleted = _delete_expired_events(app, now)
+    events_deleted = _in_batches(
+        store.delete_events, now - timedelta(seconds=settings.event_retention)
+    )
+    ended_deleted = _in_batches(
+        store.delete_ended, now - timedelta(seconds=settings.ended_retention)
+    )
     report = SweepReport(
         timed_out=timed_out,
         republished=republished,
         triggers_deleted=deleted,
         events_deleted=events_deleted,
         triggers_released=released,
+        ended_deleted=ended_deleted,
     )
-    if timed_out or republished or deleted or events_deleted or released:
+    if any(asdict(report).values()):
         logger.info("sweep: %s", report, extra=asdict(report))
     return report
 
 
-def _delete_expired_events(app: Celery, now: datetime) -> int:
-    """Delete external events past ``defer_event_retention``, in bounded batches."""
-    store = store_for(app)
-    cutoff = now - timedelta(seconds=Settings.from_app(app).event_retention)
+def _in_batches(delete: Callable[[datetime, int], int], cutoff: datetime) -> int:
+    """Delete what is older than ``cutoff`` (events, ended deferrals) in bounded batches."""
     deleted = 0
     for _ in range(_MAX_ROUNDS):
-        count = store.delete_events(cutoff, _BATCH)
+        count = delete(cutoff, _BATCH)
         deleted += count
         if count < _BATCH:
             break

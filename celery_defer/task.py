@@ -151,6 +151,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
                     trigger_classpath=checked.trigger_classpath,
                     trigger_kwargs=codec.seal(checked.trigger_kwargs),
                     timeout_at=checked.timeout_at,
+                    after_generation=ResumeHeader.generation_of(request) or 0,
                 )
             )
         except StoreError as exc:

@@ -21,6 +21,7 @@ from celery_defer.store.memory import InMemoryStore
 from celery_defer.store.memory_tables import MEMORY_URL, is_memory_url
 from celery_defer.store.records import (
     DEFERRED,
+    ENDED,
     FIRING,
     RESUMED,
     RUNNING,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFERRED",
+    "ENDED",
     "FIRING",
     "MEMORY_URL",
     "RESUMED",

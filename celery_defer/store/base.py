@@ -87,22 +87,32 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
+    def begin_resume(
+        self, task_id: str, generation: int, *, reclaim: bool = False, settle: bool = False
+    ) -> bool:
         """Claim a published resume for execution; False means a stale duplicate.
 
         ``reclaim`` also takes a resume already claimed (``running``): for the
         one copy of a resume whose execution was cut off, a message redelivered
         to an ``acks_late`` task after its worker died, or a resume the worker
-        re-sent itself because the store was down.
+        re-sent itself because the store was down. ``settle`` makes the claim
+        the resume's only write: the row moves straight to ``ended`` (a task
+        that does not ack late: its message is acked before the method runs,
+        so a crash loses that run whatever the store says); with both, an
+        ``ended`` row of this generation is taken too.
         """
 
     @abc.abstractmethod
     def reopen_resume(self, task_id: str, generation: int) -> None:
-        """Make a claimed resume claimable again (the method called ``self.retry()``)."""
+        """Make a claimed or settled resume claimable again (the method called ``retry()``)."""
 
     @abc.abstractmethod
     def finish(self, task_id: str, generation: int) -> None:
-        """Forget a deferral whose resumed execution ended (returned or raised)."""
+        """Record that a claimed resume's execution ended (returned or raised): ``ended``."""
+
+    @abc.abstractmethod
+    def delete_ended(self, older_than: datetime, limit: int) -> int:
+        """Delete up to ``limit`` ended deferrals last updated before ``older_than``."""
 
     @abc.abstractmethod
     def register_triggerer(self, triggerer_id: str, host: str, pid: int, capacity: int) -> None:
@@ -174,7 +184,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_deferral(self, task_id: str) -> DeferralInfo | None:
-        """One deferral, or None."""
+        """One deferral, or None (an ``ended`` row is no deferral any more: None)."""
 
     @abc.abstractmethod
     def cancel_deferrals(self, task_ids: Sequence[str]) -> Cancelled:

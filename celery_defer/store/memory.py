@@ -36,6 +36,7 @@ from celery_defer.store.memory_tables import (
 )
 from celery_defer.store.records import (
     DEFERRED,
+    ENDED,
     FIRING,
     RESUMED,
     RUNNING,
@@ -52,6 +53,7 @@ from celery_defer.store.records import (
     StoredDeferral,
     StoreStats,
     TriggerOutcome,
+    claimable_states,
 )
 
 __all__ = ["InMemoryStore"]
@@ -143,19 +145,23 @@ class InMemoryStore(Store):
                 request=deferral.request,
                 state=DEFERRED,
                 outcome=None,
-                generation=1 if previous is None else previous.generation + 1,
+                generation=(
+                    deferral.after_generation + 1 if previous is None else previous.generation + 1
+                ),
                 timeout_at=utc_or_none(deferral.timeout_at, "timeout_at"),
                 created_at=now if previous is None else previous.created_at,
                 updated_at=now,
             )
             return StoredDeferral(trigger.id, self._tables.deferrals[deferral.task_id].generation)
 
-    def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
-        states = (FIRING, RESUMED, RUNNING) if reclaim else (FIRING, RESUMED)
-        return self._move(task_id, generation, states, RUNNING)
+    def begin_resume(
+        self, task_id: str, generation: int, *, reclaim: bool = False, settle: bool = False
+    ) -> bool:
+        states = claimable_states(reclaim=reclaim, settle=settle)
+        return self._move(task_id, generation, states, ENDED if settle else RUNNING)
 
     def reopen_resume(self, task_id: str, generation: int) -> None:
-        self._move(task_id, generation, (RUNNING,), RESUMED)
+        self._move(task_id, generation, (RUNNING, ENDED), RESUMED)
 
     def _move(
         self, task_id: str, generation: int, states: Iterable[str], to: DeferralState
@@ -169,10 +175,19 @@ class InMemoryStore(Store):
             return True
 
     def finish(self, task_id: str, generation: int) -> None:
+        self._move(task_id, generation, (RUNNING,), ENDED)
+
+    def delete_ended(self, older_than: datetime, limit: int) -> int:
+        cutoff = utc(older_than)
         with self._lock:
-            row = self._tables.deferrals.get(task_id)
-            if row is not None and row.generation == generation and row.state == RUNNING:
+            ended = sorted(
+                (r for r in self._tables.deferrals.values() if r.state == ENDED),
+                key=lambda r: r.updated_at,
+            )
+            gone = [r.task_id for r in ended if r.updated_at < cutoff][: max(limit, 0)]
+            for task_id in gone:
                 del self._tables.deferrals[task_id]
+            return len(gone)
 
     # -- triggerers --------------------------------------------------------
 

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from celery_defer.store.records import (
     DEFERRED,
+    ENDED,
     FIRING,
     DeferralDetail,
     DeferralInfo,
@@ -217,7 +218,7 @@ class Tables:
     def info(self, task_id: str) -> DeferralInfo | None:
         """What the inspection commands show of one deferral."""
         row = self.deferrals.get(task_id)
-        if row is None:
+        if row is None or row.state == ENDED:  # no deferral any more
             return None
         return DeferralInfo.of(row)
 
@@ -236,7 +237,7 @@ class Tables:
         found = []
         for row in self.oldest_first():
             trigger = self.trigger_of(row)
-            if states and row.state not in states:
+            if (row.state not in states) if states else row.state == ENDED:
                 continue
             if task_name and row.task_name != task_name:
                 continue
@@ -253,7 +254,11 @@ class Tables:
         by_state = dict.fromkeys(DeferralState, 0)
         for row in self.deferrals.values():
             by_state[row.state] += 1
-        oldest = min(self.deferrals.values(), key=lambda r: (r.created_at, r.task_id), default=None)
+        oldest = min(
+            (r for r in self.deferrals.values() if r.state != ENDED),
+            key=lambda r: (r.created_at, r.task_id),
+            default=None,
+        )
         triggerers = sorted(self.triggerers.values(), key=lambda t: (t.started_at, t.id))
         return StoreStats(
             triggerers=[

@@ -34,6 +34,10 @@ class DeferralState(str, enum.Enum):
     RESUMED = "resumed"
     #: A worker claimed the resume and is running the method.
     RUNNING = "running"
+    #: The resume ran (or is running, claimed by a worker that does not ack late:
+    #: its claim is its only write). Kept ``defer_ended_retention`` seconds for
+    #: ``celery defer show``, then deleted by the sweep; not a deferral any more.
+    ENDED = "ended"
 
     def __str__(self) -> str:
         """The value, as logs and CLI tables show it."""
@@ -46,6 +50,15 @@ DEFERRED = DeferralState.DEFERRED
 FIRING = DeferralState.FIRING
 RESUMED = DeferralState.RESUMED
 RUNNING = DeferralState.RUNNING
+ENDED = DeferralState.ENDED
+
+
+def claimable_states(*, reclaim: bool, settle: bool) -> tuple[DeferralState, ...]:
+    """The states a resume may be claimed from (see ``Store.begin_resume``)."""
+    if not reclaim:
+        return (FIRING, RESUMED)
+    return (FIRING, RESUMED, RUNNING, ENDED) if settle else (FIRING, RESUMED, RUNNING)
+
 
 #: The state values as plain strings, for filters and CLI choices.
 STATES: tuple[str, ...] = tuple(state.value for state in DeferralState)
@@ -63,6 +76,9 @@ class NewDeferral:
     trigger_classpath: str
     trigger_kwargs: str
     timeout_at: datetime | None
+    #: The generation this execution resumed (0: a first execution). A task
+    #: deferring again gets a higher one even if its ended row was deleted meanwhile.
+    after_generation: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,11 @@
 
 The claim is the compare-and-set on the deferral's state and generation that
 makes a duplicate or stale resume message harmless (DESIGN §6: a chord member
-resumed twice would bump its chord twice).
+resumed twice would bump its chord twice). For a task that does not ack late
+the claim is the only write (it settles the row as ``ended``): its message was
+acked before the method runs, so a crash loses that run whatever the store
+says. An ``acks_late`` task claims (``running``) and records the end after
+the method, so a redelivered copy can take over a run cut off.
 """
 
 from __future__ import annotations
@@ -45,8 +49,9 @@ def resume(task: DeferrableTask, header: ResumeHeader, message_kwargs: dict[str,
     task_id = task.request.id
     generation = header.generation
     store = store_for(task.app)
+    settle = not task.acks_late
     try:
-        claimed = store.begin_resume(task_id, generation, reclaim=_may_reclaim(task))
+        claimed = store.begin_resume(task_id, generation, reclaim=_may_reclaim(task), settle=settle)
     except StoreError as exc:
         resend_later(task, exc, deferring=False)
     if not claimed:
@@ -68,9 +73,11 @@ def resume(task: DeferrableTask, header: ResumeHeader, message_kwargs: dict[str,
         quietly(store.reopen_resume, task_id, generation)
         raise
     except BaseException:
-        quietly(store.finish, task_id, generation)
+        if not settle:
+            quietly(store.finish, task_id, generation)
         raise
-    quietly(store.finish, task_id, generation)
+    if not settle:
+        quietly(store.finish, task_id, generation)
     return result
 
 

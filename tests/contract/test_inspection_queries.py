@@ -71,7 +71,7 @@ def test_describe_returns_the_stored_values(store: Store) -> None:
 def test_stats(store: Store) -> None:
     empty = store.stats()
     assert empty.triggerers == [] and empty.oldest is None and empty.unowned_triggers == 0
-    assert empty.by_state == {"deferred": 0, "firing": 0, "resumed": 0, "running": 0}
+    assert empty.by_state == {"deferred": 0, "firing": 0, "resumed": 0, "running": 0, "ended": 0}
 
     for task_id in ("a", "b", "c"):
         defer(store, task_id)

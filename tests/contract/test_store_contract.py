@@ -9,6 +9,7 @@ store's alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from celery_defer.exceptions import ConfigurationError, SchemaMissing, StoreError
 from celery_defer.store import (
     DEFERRED,
+    ENDED,
     FIRING,
     RESUMED,
     RUNNING,
@@ -397,7 +399,59 @@ def test_finish_deletes_only_the_running_generation(store: Store) -> None:
     store.finish("a", 2)  # another generation: kept
     assert state(store, "a") == RUNNING
     store.finish("a", 1)
+    assert store.get_deferral("a") is None  # ended: no deferral any more
+    detail = store.describe_deferral("a")
+    assert detail is not None and detail.state == ENDED  # kept for `celery defer show`
+
+
+def test_a_settled_claim_is_the_only_write_and_refuses_duplicates(store: Store) -> None:
+    # A task that does not ack late: its claim settles the row.
+    fired(store, "a")
+    assert store.begin_resume("a", 1, settle=True) is True
     assert store.get_deferral("a") is None
+    assert store.describe_deferral("a").state == ENDED  # type: ignore[union-attr]
+    assert store.begin_resume("a", 1, settle=True) is False  # a duplicate delivery
+    assert store.begin_resume("a", 1) is False
+    # Only a copy the worker re-sent itself (reclaim) takes a settled row back.
+    assert store.begin_resume("a", 2, reclaim=True, settle=True) is False
+    assert store.begin_resume("a", 1, reclaim=True, settle=True) is True
+    assert store.begin_resume("a", 1, reclaim=True) is False  # acks_late never retakes an end
+
+
+def test_a_settled_resume_reopens_for_retry_and_defers_again(store: Store) -> None:
+    fired(store, "a")
+    assert store.begin_resume("a", 1, settle=True) is True
+    store.reopen_resume("a", 1)  # the method called self.retry()
+    assert state(store, "a") == RESUMED
+    assert store.begin_resume("a", 1, settle=True) is True
+    stored = store.save_deferral(deferral("a"))  # the method deferred again
+    assert stored.generation == 2 and state(store, "a") == DEFERRED
+
+
+def test_a_deferral_after_its_ended_row_is_gone_keeps_counting_generations(
+    store: Store,
+) -> None:
+    # The method ran past defer_ended_retention and its row was deleted: a
+    # stale generation-1 resume must not claim the new deferral.
+    again = dataclasses.replace(deferral("a"), after_generation=3)
+    assert store.save_deferral(again).generation == 4
+    assert store.save_deferral(deferral("b")).generation == 1
+
+
+def test_delete_ended_deletes_only_old_ended_rows(store: Store) -> None:
+    for task_id in ("a", "b", "c"):
+        fired(store, task_id)
+    assert store.begin_resume("a", 1, settle=True) is True
+    assert store.begin_resume("b", 1, settle=True) is True
+    assert store.begin_resume("c", 1) is True  # running: never deleted
+    now = datetime.now(timezone.utc)
+    assert store.delete_ended(now - timedelta(minutes=1), 10) == 0  # too recent
+    assert store.delete_ended(now + timedelta(minutes=1), 1) == 1  # the limit holds
+    assert store.delete_ended(now + timedelta(minutes=1), 10) == 1
+    assert store.describe_deferral("a") is None and store.describe_deferral("b") is None
+    assert state(store, "c") == RUNNING
+    assert [s.task_id for s in store.list_deferrals()] == ["c"]
+    assert store.list_deferrals(states=["ended"]) == []
 
 
 # -- sweeping -------------------------------------------------------------------------------

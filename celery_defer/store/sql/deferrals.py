@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 
 from celery_defer.store.records import (
     DEFERRED,
+    ENDED,
     FIRING,
     RESUMED,
     RUNNING,
@@ -39,12 +40,13 @@ from celery_defer.store.records import (
     DeferralInfo,
     NewDeferral,
     StoredDeferral,
+    claimable_states,
 )
 from celery_defer.store.sql.columns import StateColumn, UtcDateTime, aware_utc
 from celery_defer.store.sql.notify import CHANNEL
 from celery_defer.store.sql.schema import deferrals, triggers
 
-__all__ = ["begin_resume", "cancel", "finish", "get", "reopen", "save"]
+__all__ = ["begin_resume", "cancel", "delete_ended", "finish", "get", "reopen", "save"]
 
 
 def _postgresql_save() -> Any:
@@ -73,7 +75,7 @@ def _postgresql_save() -> Any:
         "request": bindparam("request", type_=Text),
         "state": literal(DEFERRED, type_=StateColumn()),
         "outcome": null(),
-        "generation": literal(1, type_=Integer),
+        "generation": bindparam("first_generation", type_=Integer),
         "timeout_at": bindparam("timeout_at", type_=UtcDateTime()),
         "created_at": now,
         "updated_at": now,
@@ -115,6 +117,7 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
                 "classpath": deferral.trigger_classpath,
                 "trigger_kwargs": deferral.trigger_kwargs,
                 "timeout_at": timeout_at,
+                "first_generation": deferral.after_generation + 1,
                 "now": now,
             },
         ).one()
@@ -145,10 +148,10 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
         updated_at=now,
     )
     if previous is None:
-        generation = 1
+        generation = deferral.after_generation + 1
         conn.execute(
             insert(deferrals).values(
-                task_id=deferral.task_id, generation=1, created_at=now, **values
+                task_id=deferral.task_id, generation=generation, created_at=now, **values
             )
         )
     else:
@@ -162,24 +165,36 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
 
 
 def begin_resume(
-    conn: Connection, task_id: str, generation: int, *, reclaim: bool, now: datetime
+    conn: Connection, task_id: str, generation: int, *, reclaim: bool, settle: bool, now: datetime
 ) -> bool:
-    """Move a published (or, with ``reclaim``, a running) resume to ``running``."""
-    states = (FIRING, RESUMED, RUNNING) if reclaim else (FIRING, RESUMED)
+    """Move a published resume to ``running``, or with ``settle`` straight to ``ended``."""
     claimed = conn.execute(
         update(deferrals)
         .where(
             deferrals.c.task_id == task_id,
             deferrals.c.generation == generation,
-            deferrals.c.state.in_(states),
+            deferrals.c.state.in_(claimable_states(reclaim=reclaim, settle=settle)),
         )
-        .values(state=RUNNING, updated_at=now)
+        .values(state=ENDED if settle else RUNNING, updated_at=now)
     ).rowcount
     return bool(claimed == 1)
 
 
 def reopen(conn: Connection, task_id: str, generation: int, *, now: datetime) -> None:
-    """Put a running resume back to ``resumed`` (its method asked to retry)."""
+    """Put a running (or settled) resume back to ``resumed`` (its method asked to retry)."""
+    conn.execute(
+        update(deferrals)
+        .where(
+            deferrals.c.task_id == task_id,
+            deferrals.c.generation == generation,
+            deferrals.c.state.in_((RUNNING, ENDED)),
+        )
+        .values(state=RESUMED, updated_at=now)
+    )
+
+
+def finish(conn: Connection, task_id: str, generation: int, *, now: datetime) -> None:
+    """Record the end of this generation's run, if it is the one running."""
     conn.execute(
         update(deferrals)
         .where(
@@ -187,24 +202,33 @@ def reopen(conn: Connection, task_id: str, generation: int, *, now: datetime) ->
             deferrals.c.generation == generation,
             deferrals.c.state == RUNNING,
         )
-        .values(state=RESUMED, updated_at=now)
+        .values(state=ENDED, updated_at=now)
     )
 
 
-def finish(conn: Connection, task_id: str, generation: int) -> None:
-    """Delete the deferral if this generation is the one running."""
-    conn.execute(
-        delete(deferrals).where(
-            deferrals.c.task_id == task_id,
-            deferrals.c.generation == generation,
-            deferrals.c.state == RUNNING,
-        )
+def delete_ended(conn: Connection, older_than: datetime, limit: int) -> int:
+    """Delete up to ``limit`` ended deferrals last updated before ``older_than``."""
+    oldest = (
+        select(deferrals.c.task_id)
+        .where(deferrals.c.state == ENDED, deferrals.c.updated_at < older_than)
+        .order_by(deferrals.c.updated_at)
+        .limit(limit)
+    )
+    return int(
+        conn.execute(
+            delete(deferrals).where(
+                deferrals.c.task_id.in_(oldest.scalar_subquery()),
+                deferrals.c.state == ENDED,
+            )
+        ).rowcount
     )
 
 
 def get(conn: Connection, task_id: str) -> DeferralInfo | None:
-    """One deferral, or None."""
-    row = conn.execute(select(deferrals).where(deferrals.c.task_id == task_id)).first()
+    """One deferral, or None (an ended row is no deferral any more)."""
+    row = conn.execute(
+        select(deferrals).where(deferrals.c.task_id == task_id, deferrals.c.state != ENDED)
+    ).first()
     if row is None:
         return None
     return DeferralInfo.of(row)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, func, select
 
 from celery_defer.store.records import (
+    ENDED,
     DeferralDetail,
     DeferralState,
     DeferralSummary,
@@ -68,10 +69,12 @@ def list_summaries(
     trigger_contains: str | None = None,
     limit: int = 100,
 ) -> list[DeferralSummary]:
-    """Deferrals, oldest first (by when the task first deferred)."""
+    """Deferrals, oldest first (by when the task first deferred); ended ones only if asked."""
     query = _summaries()
     if states:
         query = query.where(deferrals.c.state.in_(list(states)))
+    else:
+        query = query.where(deferrals.c.state != ENDED)
     if task_name:
         query = query.where(deferrals.c.task_name == task_name)
     if trigger_contains:
@@ -114,7 +117,10 @@ def stats(conn: Connection) -> StoreStats:
     ).all()
     counts = conn.execute(select(deferrals.c.state, func.count()).group_by(deferrals.c.state)).all()
     oldest = conn.execute(
-        _summaries().order_by(deferrals.c.created_at, deferrals.c.task_id).limit(1)
+        _summaries()
+        .where(deferrals.c.state != ENDED)
+        .order_by(deferrals.c.created_at, deferrals.c.task_id)
+        .limit(1)
     ).first()
     unowned = conn.execute(
         select(func.count()).select_from(triggers).where(triggers.c.triggerer_id.is_(None))

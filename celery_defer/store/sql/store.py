@@ -128,10 +128,12 @@ class SqlStore(Store):
             return deferrals.save(conn, deferral, now=self._now())
 
     @translated
-    def begin_resume(self, task_id: str, generation: int, *, reclaim: bool = False) -> bool:
+    def begin_resume(
+        self, task_id: str, generation: int, *, reclaim: bool = False, settle: bool = False
+    ) -> bool:
         with self._one_statement() as conn:
             return deferrals.begin_resume(
-                conn, task_id, generation, reclaim=reclaim, now=self._now()
+                conn, task_id, generation, reclaim=reclaim, settle=settle, now=self._now()
             )
 
     @translated
@@ -142,7 +144,13 @@ class SqlStore(Store):
     @translated
     def finish(self, task_id: str, generation: int) -> None:
         with self._one_statement() as conn:
-            deferrals.finish(conn, task_id, generation)
+            deferrals.finish(conn, task_id, generation, now=self._now())
+
+    @translated
+    def delete_ended(self, older_than: datetime, limit: int) -> int:
+        cutoff = aware_utc(older_than, "older_than")
+        with self._one_statement() as conn:
+            return deferrals.delete_ended(conn, cutoff, limit)
 
     @translated
     def get_deferral(self, task_id: str) -> DeferralInfo | None:
