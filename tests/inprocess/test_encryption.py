@@ -176,7 +176,8 @@ def test_rows_in_clear_keep_working_and_can_be_sealed(url: str) -> None:
         assert app.AsyncResult(early.id).get(timeout=20) == expected("c1")
         done = rotate(app, "--seal-clear")
         assert done.exit_code == 0, done.output
-        assert "rewrote 1 deferral kwargs and 1 trigger kwargs" in done.output
+        # The waiting deferral, and the ended one kept for `defer show`: nothing stays in clear.
+        assert "rewrote 2 deferral kwargs and 1 trigger kwargs" in done.output
         assert SECRET not in done.output
         assert not any(SECRET in text or TRIGGER_SECRET in text for text in raw_rows(app))
         release(app, "c2")
@@ -198,11 +199,12 @@ def test_key_rotation(url: str) -> None:
         assert both.AsyncResult(results["r1"].id).get(timeout=20) == expected("r1")
         done = rotate(both, "--batch-size", "1")
         assert done.exit_code == 0, done.output
-        assert "rewrote 2 deferral kwargs and 2 trigger kwargs" in done.output
+        # Two waiting, one ended (kept for `defer show`): nothing stays under the old key.
+        assert "rewrote 3 deferral kwargs and 2 trigger kwargs" in done.output
         again = rotate(both)
         assert "rewrote 0 deferral kwargs and 0 trigger kwargs" in again.output
     stored = raw_rows(both)
-    assert len(stored) == 4 and all(unseal(ring(KEY_B), text) for text in stored)
+    assert len(stored) == 5 and all(unseal(ring(KEY_B), text) for text in stored)  # 3 + 2
 
     # Only the new key: the rotated rows resume.
     only_b = build(url, [KEY_B], like=under_a)

@@ -114,4 +114,5 @@ def test_install_on_a_configured_app(store_url: str) -> None:
         "triggers_deleted": 0,
         "events_deleted": 0,
         "triggers_released": 0,
+        "ended_deleted": 0,
     }

@@ -174,7 +174,13 @@ def test_stats(project: Path) -> None:
     assert 0 <= triggerer["heartbeat_age_seconds"] < 60
     assert triggerer["alive"] is True
     deferrals = stats["deferrals"]
-    assert deferrals["by_state"] == {"deferred": 3, "firing": 0, "resumed": 0, "running": 0}
+    assert deferrals["by_state"] == {
+        "deferred": 3,
+        "firing": 0,
+        "resumed": 0,
+        "running": 0,
+        "ended": 0,
+    }
     assert deferrals["total"] == 3
     assert deferrals["oldest"]["task_id"] == "task-a"
     assert stats["triggers_waiting_for_a_triggerer"] == 1
