@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(1, str(BENCH_DIR.parent))
 
 import benchapp  # noqa: E402
+import bulk  # noqa: E402
 from readings import CpuWindow  # noqa: E402
 
 from tests.support.processes import Processes  # noqa: E402
@@ -297,20 +298,19 @@ class Run:
     # -- storing deferrals fast -------------------------------------------
 
     def store_deferrals(
-        self, task_name: str, method: str, moments: Sequence[datetime], chunk: int = 5000
+        self, task_name: str, method: str, moments: Sequence[datetime], chunk: int = 50_000
     ) -> list[str]:
         """Store one deferral per moment, each on a ``DateTimeTrigger`` at that moment.
 
         The rows are the ones ``Store.save_deferral`` writes (same columns,
         same typed-JSON kwargs, a real request snapshot routed to the run's
-        queue), inserted in bulk: 100,000 deferrals take seconds, not minutes.
-        Returns the task ids, in moment order.
+        queue), copied in bulk (:mod:`bulk`): a million deferrals take about a
+        minute, not hours. They send no new-trigger notice
+        (:meth:`wake_triggerers`). Returns the task ids, in moment order.
         """
         from celery.app.task import Context
 
-        from celery_defer import serialization, wire
-        from celery_defer.store.sql.schema import deferrals, triggers
-        from celery_defer.triggers import DateTimeTrigger
+        from celery_defer import wire
 
         # The module's own app has the tasks registered; only their serializer
         # settings matter to the snapshot, and those are the same everywhere.
@@ -324,53 +324,7 @@ class Run:
                 ignore_result=False,
             ),
         )
-        kwargs = serialization.dumps({})
-        now = datetime.now(timezone.utc)
-        ids: list[str] = []
-        for start in range(0, len(moments), chunk):
-            part = moments[start : start + chunk]
-            with self.engine.begin() as conn:
-                trigger_rows = []
-                for moment in part:
-                    classpath, trigger_kwargs = DateTimeTrigger(moment).serialize()
-                    trigger_rows.append(
-                        {
-                            "classpath": classpath,
-                            "created_at": now,
-                            "kwargs": serialization.dumps(trigger_kwargs),
-                        }
-                    )
-                trigger_ids = (
-                    conn.execute(
-                        sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
-                        trigger_rows,
-                    )
-                    .scalars()
-                    .all()
-                )
-                task_ids = [str(uuid.uuid4()) for _ in part]
-                conn.execute(
-                    sa.insert(deferrals),
-                    [
-                        {
-                            "task_id": task_id,
-                            "task_name": task_name,
-                            "trigger_id": trigger_id,
-                            "method": method,
-                            "kwargs": kwargs,
-                            "request": snapshot,
-                            "state": "deferred",
-                            "outcome": None,
-                            "generation": 1,
-                            "timeout_at": None,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True)
-                    ],
-                )
-            ids.extend(task_ids)
-        return ids
+        return bulk.store_deferrals(self.engine, snapshot, task_name, method, moments, chunk)
 
     def wake_triggerers(self) -> None:
         """One new-trigger notice, as a deferring task sends (rows stored in bulk send none)."""
