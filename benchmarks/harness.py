@@ -101,6 +101,8 @@ class Run:
         self.id = uuid.uuid4().hex[:8]
         self.prefix = f"bench:{name}:{self.id}:"
         self.queue = self.prefix.replace(":", ".").strip(".")
+        #: The node name of the run's worker (``-n``), for remote control.
+        self.node = f"bench-{self.id}@localhost"
         self.schema = f"bench_{name}_{self.id}"
         self.store_url = (
             make_url(args.postgres)
@@ -200,8 +202,7 @@ class Run:
     def start_worker(
         self, concurrency: int, pool: str = "prefork", timeout: float = 60
     ) -> subprocess.Popen[bytes]:
-        """A worker on the run's queue; returns once it answers a ping."""
-        node = f"bench-{self.id}@localhost"
+        """A worker (:attr:`node`) on the run's queue; returns once it answers a ping."""
         process = self.start(
             "worker",
             "worker",
@@ -210,7 +211,7 @@ class Run:
             "-c",
             str(concurrency),
             "-n",
-            node,
+            self.node,
             "-Q",
             self.queue,
             "--without-gossip",
@@ -219,21 +220,59 @@ class Run:
 
         def answers() -> bool:
             self.processes.check_alive("worker")
-            return bool(self.app.control.ping(destination=[node], timeout=0.5))
+            return bool(self.app.control.ping(destination=[self.node], timeout=0.5))
 
         wait_until(answers, timeout, "the worker to answer a ping", interval=0.2)
         return process
 
-    def start_triggerer(self, capacity: int, timeout: float = 60) -> subprocess.Popen[bytes]:
+    def start_triggerer(
+        self, capacity: int, timeout: float = 60, role: str = "triggerer"
+    ) -> subprocess.Popen[bytes]:
         """A triggerer; returns once it registered with the store."""
-        process = self.start("triggerer", "triggerer", "--capacity", str(capacity))
-
-        def registered() -> bool:
-            self.processes.check_alive("triggerer")
-            return bool(self.scalar("select count(*) from defer_triggerers"))
-
-        wait_until(registered, timeout, "the triggerer to register", interval=0.05)
+        process = self.start(role, "triggerer", "--capacity", str(capacity))
+        self._wait_registered([role], timeout)
         return process
+
+    def start_triggerers(self, count: int, capacity: int, timeout: float = 120) -> list[str]:
+        """``count`` triggerers started together, as roles ``triggerer-1`` .. ``triggerer-N``.
+
+        Returns their roles once every one registered with the store. All are
+        started before any is waited for: none gets a head start of a whole
+        process start-up.
+        """
+        roles = [f"triggerer-{i}" for i in range(1, count + 1)]
+        for role in roles:
+            self.start(role, "triggerer", "--capacity", str(capacity))
+        self._wait_registered(roles, timeout)
+        return roles
+
+    def _wait_registered(self, roles: Sequence[str], timeout: float) -> None:
+        def registered() -> bool:
+            for role in roles:
+                self.processes.check_alive(role)
+            pids = {self.pid(role) for role in roles}
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.text("select pid from defer_triggerers")).scalars()
+                return pids <= set(rows)
+
+        wait_until(registered, timeout, f"{', '.join(roles)} to register", interval=0.05)
+
+    def owned(self) -> dict[str, int]:
+        """How many triggers each triggerer role of this run owns (by the pid it registered)."""
+        with self.engine.connect() as conn:
+            counts = dict(
+                conn.execute(
+                    sa.text(
+                        "select r.pid, count(*) from defer_triggers t "
+                        "join defer_triggerers r on r.id = t.triggerer_id group by r.pid"
+                    )
+                ).all()
+            )
+        return {
+            role: counts.get(process.pid, 0)
+            for role, process in self.processes.running.items()
+            if role.startswith("triggerer")
+        }
 
     def _check_alive(self, role: str) -> None:
         self.processes.check_alive(role)
