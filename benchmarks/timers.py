@@ -18,6 +18,10 @@ or a timeout). Measured:
   ahead, fired through the worker: each resumed ``bench.probe.arrive``
   records its start minus its due moment.
 
+With --profile, the triggerers are profiled in three phases (pick-up, idle
+window, due batch), each to a file of its own; their figures then include
+py-spy's cost.
+
 The plain-Celery baseline, same run: the idle worker's RSS and CPU in the same
 window, and ``bench.stamp`` tasks sent by the benchmark at the same moments as
 the due batch (start minus scheduled moment: the worker's own lateness floor).
@@ -154,21 +158,27 @@ def measure(args: Any, n: int, k: int, due_batch: int, spread: float) -> dict[st
         result["setup_s"] = time.monotonic() - began
         began = time.monotonic()
         roles = run.start_triggerers(k, capacity)
+        run.profile(*roles, tag="-pickup")  # with --profile: each phase of its own
         result["pickup"] = wait_owned(run, roles, n, began, args.pickup_timeout, args.stall)
+        run.profiled()
         # Warm-up: every pool process opens its store connection on its first resume.
         soon = datetime.now(timezone.utc) + timedelta(seconds=2)
         resume_probes(run, schedule(soon, WARM_UP, 1.0), soon)
         time.sleep(SETTLE)
         result["busy_before_pct"] = readings.wait_quiet(args)
+        run.profile(*roles, tag="-idle")
         window = run.cpu_window(*roles, "worker")
         time.sleep(args.window)
         result["idle_cpu"] = window.stop()
+        run.profiled()
         result["rss"] = {role: readings.memory(run.pid(role)) for role in roles}
         worker_tree = readings.descendants(run.pid("worker"))
         result["worker_rss"] = sum(readings.memory(pid)[0] for pid in worker_tree)
         result["owned_by"] = run.owned()
         first = datetime.now(timezone.utc) + timedelta(seconds=args.lead)
+        run.profile(*roles, tag="-due")
         result["late"] = resume_probes(run, schedule(first, due_batch, spread), first)
+        run.profiled()
         first = datetime.now(timezone.utc) + timedelta(seconds=1)
         result["plain_late"] = plain_baseline(run, schedule(first, due_batch, spread))
     return result
