@@ -39,8 +39,11 @@ def store_deferrals(
     Each chunk is one transaction; returns the task ids, in moment order.
     """
     from celery_defer import serialization
+    from celery_defer.store.sql.schema import deferrals, triggers
     from celery_defer.triggers import DateTimeTrigger
 
+    _check_columns(triggers, TRIGGER_COLUMNS)
+    _check_columns(deferrals, DEFERRAL_COLUMNS)
     kwargs = serialization.dumps({})
     # Naive UTC, as the store's UtcDateTime columns hold it.
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -91,3 +94,17 @@ def store_deferrals(
             cursor.close()
         ids.extend(task_ids)
     return ids
+
+
+def _check_columns(table: sa.Table, columns: str) -> None:
+    """Fail clearly when the store's schema gained a required column this COPY does not fill."""
+    listed = {name.strip() for name in columns.split(",")}
+    required = {
+        column.name
+        for column in table.columns
+        if not column.nullable and column.server_default is None and column.default is None
+    }
+    if missing := required - listed:
+        raise RuntimeError(
+            f"bulk.py does not fill {table.name} column(s) {', '.join(sorted(missing))}"
+        )
