@@ -12,7 +12,9 @@ or a timeout). Measured:
 
 * RSS and peak RSS of each triggerer (from /proc) after the idle window;
 * idle CPU of ``triggerer-1`` (percent of one core) over a quiet window with
-  nothing due;
+  nothing due, 30 s by default: one reconciliation period (a triggerer checks
+  what it holds against the store once per ``defer_triggerer_health_timeout``,
+  30 s), so that a window holds one, not one or none;
 * with K > 1, each triggerer's share of the N (percent of N);
 * lateness: a batch of extra timers (1,000 over 10 s) due a few seconds
   ahead, fired through the worker: each resumed ``bench.probe.arrive``
@@ -243,7 +245,9 @@ def main() -> int:
         "--lead", type=float, default=5.0, help="seconds from storing the due batch to its first"
     )
     parser.add_argument(
-        "--window", type=float, help="seconds of the idle CPU window (20; 10 with --quick)"
+        "--window",
+        type=float,
+        help="seconds of the idle CPU window (30, a reconciliation period; 10 with --quick)",
     )
     parser.add_argument(
         "--pickup-timeout", type=float, default=900.0, help="most seconds to wait for ownership"
@@ -261,7 +265,7 @@ def main() -> int:
     k = args.triggerers
     due_batch = args.due_batch or (200 if args.quick else 1000)
     spread = args.due_spread if args.due_spread is not None else (4.0 if args.quick else 10.0)
-    args.window = args.window or (10.0 if args.quick else 20.0)
+    args.window = args.window or (10.0 if args.quick else 30.0)
     s = summary(measure(args, n, k, due_batch, spread), args.window)
     report(args, s, spread)
     readings.dump_json(args.json, s)
