@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 import celery_defer
 from celery_defer import DeferrableTask
@@ -125,6 +125,26 @@ def poll(self: Any, i: int, until: float, countdown: float) -> int:
         raise self.retry(countdown=countdown)
     done()
     return i
+
+
+#: How far ahead ``bench.park`` defers: nothing it parks fires during a benchmark.
+PARK_FOR = timedelta(days=1)
+
+
+@app.task(name="bench.park", base=DeferrableTask, bind=True)
+def park(self: DeferrableTask, i: int, event: Any = None) -> int:
+    """Defers at once on a ``DateTimeTrigger`` a day ahead; counted done once deferred."""
+    if event is None:
+        self.defer(trigger=DateTimeTrigger(datetime.now(timezone.utc) + PARK_FOR), kwargs={"i": i})
+    return i
+
+
+@signals.task_postrun.connect
+def parked(sender: Any = None, **_: Any) -> None:
+    # Counted once the whole deferring execution is over (DEFERRED written, the
+    # deferral stored, Celery's Ignore handled), so the last one counted is done.
+    if getattr(sender, "name", None) == "bench.park":
+        done()
 
 
 class Probe(DeferrableTask):

@@ -26,37 +26,10 @@ import harness
 import readings
 from harness import Run, wait_until
 from readings import percentile, print_report, verdict
+from throughput import WARM_UP, batch
 
 TARGET_RATIO = 2.5
 KINDS = ("bench.plain", "bench.cycle")
-
-
-def batch(run: Run, node: str, task: str, n: int) -> dict[str, Any]:
-    """Queue ``n`` tasks with no consumer, then time the worker through all of them."""
-    run.marks.set(run.key("done"), 0)
-    control = run.app.control
-    control.cancel_consumer(run.queue, destination=[node], reply=True)
-    with run.app.producer_or_acquire() as producer:
-        for i in range(n):
-            run.app.send_task(task, args=(i,), producer=producer)
-    if n > 200:  # not the warm-up
-        run.profile("triggerer", "worker", tag=f"-{task}")
-    window = run.cpu_window("triggerer", "worker")
-    began = time.monotonic()
-    control.add_consumer(run.queue, destination=[node], reply=True)
-    wait_until(lambda: run.counter() >= n, timeout=600, what=f"{n} {task}", interval=0.05)
-    elapsed = time.monotonic() - began
-    run.profiled()
-    used = window.stop()  # percent of one core over the window
-    others = used.pop("others")
-    used.pop("benchmark")
-    return {
-        "n": n,
-        "seconds": elapsed,
-        "per_second": n / elapsed,
-        "others_pct": others,
-        "cpu_ms_per_task": {role: pct / 100 * elapsed / n * 1000 for role, pct in used.items()},
-    }
 
 
 def one_at_a_time(run: Run, task: str, m: int) -> dict[str, Any]:
@@ -93,12 +66,11 @@ def main() -> int:
     results: dict[str, Any] = {}
     with Run("cycle", args) as run:
         run.start_worker(concurrency=args.concurrency)
-        node = f"bench-{run.id}@localhost"
         run.start_triggerer(capacity=1000)
         for task in KINDS:  # warm-up: connections, compiled statements, imports
-            batch(run, node, task, 200)
+            batch(run, task, WARM_UP, measured=False)
         for task in KINDS:
-            results[task] = {"batch": batch(run, node, task, n)}
+            results[task] = {"batch": batch(run, task, n)}
         for task in KINDS:
             results[task]["single"] = one_at_a_time(run, task, m)
     plain, cycle = results["bench.plain"], results["bench.cycle"]

@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(1, str(BENCH_DIR.parent))
 
 import benchapp  # noqa: E402
+import bulk  # noqa: E402
 from readings import CpuWindow  # noqa: E402
 
 from tests.support.processes import Processes  # noqa: E402
@@ -100,6 +101,8 @@ class Run:
         self.id = uuid.uuid4().hex[:8]
         self.prefix = f"bench:{name}:{self.id}:"
         self.queue = self.prefix.replace(":", ".").strip(".")
+        #: The node name of the run's worker (``-n``), for remote control.
+        self.node = f"bench-{self.id}@localhost"
         self.schema = f"bench_{name}_{self.id}"
         self.store_url = (
             make_url(args.postgres)
@@ -199,8 +202,7 @@ class Run:
     def start_worker(
         self, concurrency: int, pool: str = "prefork", timeout: float = 60
     ) -> subprocess.Popen[bytes]:
-        """A worker on the run's queue; returns once it answers a ping."""
-        node = f"bench-{self.id}@localhost"
+        """A worker (:attr:`node`) on the run's queue; returns once it answers a ping."""
         process = self.start(
             "worker",
             "worker",
@@ -209,7 +211,7 @@ class Run:
             "-c",
             str(concurrency),
             "-n",
-            node,
+            self.node,
             "-Q",
             self.queue,
             "--without-gossip",
@@ -218,21 +220,59 @@ class Run:
 
         def answers() -> bool:
             self.processes.check_alive("worker")
-            return bool(self.app.control.ping(destination=[node], timeout=0.5))
+            return bool(self.app.control.ping(destination=[self.node], timeout=0.5))
 
         wait_until(answers, timeout, "the worker to answer a ping", interval=0.2)
         return process
 
-    def start_triggerer(self, capacity: int, timeout: float = 60) -> subprocess.Popen[bytes]:
+    def start_triggerer(
+        self, capacity: int, timeout: float = 60, role: str = "triggerer"
+    ) -> subprocess.Popen[bytes]:
         """A triggerer; returns once it registered with the store."""
-        process = self.start("triggerer", "triggerer", "--capacity", str(capacity))
-
-        def registered() -> bool:
-            self.processes.check_alive("triggerer")
-            return bool(self.scalar("select count(*) from defer_triggerers"))
-
-        wait_until(registered, timeout, "the triggerer to register", interval=0.05)
+        process = self.start(role, "triggerer", "--capacity", str(capacity))
+        self._wait_registered([role], timeout)
         return process
+
+    def start_triggerers(self, count: int, capacity: int, timeout: float = 120) -> list[str]:
+        """``count`` triggerers started together, as roles ``triggerer-1`` .. ``triggerer-N``.
+
+        Returns their roles once every one registered with the store. All are
+        started before any is waited for: none gets a head start of a whole
+        process start-up.
+        """
+        roles = [f"triggerer-{i}" for i in range(1, count + 1)]
+        for role in roles:
+            self.start(role, "triggerer", "--capacity", str(capacity))
+        self._wait_registered(roles, timeout)
+        return roles
+
+    def _wait_registered(self, roles: Sequence[str], timeout: float) -> None:
+        def registered() -> bool:
+            for role in roles:
+                self.processes.check_alive(role)
+            pids = {self.pid(role) for role in roles}
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.text("select pid from defer_triggerers")).scalars()
+                return pids <= set(rows)
+
+        wait_until(registered, timeout, f"{', '.join(roles)} to register", interval=0.05)
+
+    def owned(self) -> dict[str, int]:
+        """How many triggers each triggerer role of this run owns (by the pid it registered)."""
+        with self.engine.connect() as conn:
+            counts = dict(
+                conn.execute(
+                    sa.text(
+                        "select r.pid, count(*) from defer_triggers t "
+                        "join defer_triggerers r on r.id = t.triggerer_id group by r.pid"
+                    )
+                ).all()
+            )
+        return {
+            role: counts.get(process.pid, 0)
+            for role, process in self.processes.running.items()
+            if role.startswith("triggerer")
+        }
 
     def _check_alive(self, role: str) -> None:
         self.processes.check_alive(role)
@@ -297,20 +337,19 @@ class Run:
     # -- storing deferrals fast -------------------------------------------
 
     def store_deferrals(
-        self, task_name: str, method: str, moments: Sequence[datetime], chunk: int = 5000
+        self, task_name: str, method: str, moments: Sequence[datetime], chunk: int = 50_000
     ) -> list[str]:
         """Store one deferral per moment, each on a ``DateTimeTrigger`` at that moment.
 
         The rows are the ones ``Store.save_deferral`` writes (same columns,
         same typed-JSON kwargs, a real request snapshot routed to the run's
-        queue), inserted in bulk: 100,000 deferrals take seconds, not minutes.
-        Returns the task ids, in moment order.
+        queue), copied in bulk (:mod:`bulk`): a million deferrals take about a
+        minute, not hours. They send no new-trigger notice
+        (:meth:`wake_triggerers`). Returns the task ids, in moment order.
         """
         from celery.app.task import Context
 
-        from celery_defer import serialization, wire
-        from celery_defer.store.sql.schema import deferrals, triggers
-        from celery_defer.triggers import DateTimeTrigger
+        from celery_defer import wire
 
         # The module's own app has the tasks registered; only their serializer
         # settings matter to the snapshot, and those are the same everywhere.
@@ -324,53 +363,7 @@ class Run:
                 ignore_result=False,
             ),
         )
-        kwargs = serialization.dumps({})
-        now = datetime.now(timezone.utc)
-        ids: list[str] = []
-        for start in range(0, len(moments), chunk):
-            part = moments[start : start + chunk]
-            with self.engine.begin() as conn:
-                trigger_rows = []
-                for moment in part:
-                    classpath, trigger_kwargs = DateTimeTrigger(moment).serialize()
-                    trigger_rows.append(
-                        {
-                            "classpath": classpath,
-                            "created_at": now,
-                            "kwargs": serialization.dumps(trigger_kwargs),
-                        }
-                    )
-                trigger_ids = (
-                    conn.execute(
-                        sa.insert(triggers).returning(triggers.c.id, sort_by_parameter_order=True),
-                        trigger_rows,
-                    )
-                    .scalars()
-                    .all()
-                )
-                task_ids = [str(uuid.uuid4()) for _ in part]
-                conn.execute(
-                    sa.insert(deferrals),
-                    [
-                        {
-                            "task_id": task_id,
-                            "task_name": task_name,
-                            "trigger_id": trigger_id,
-                            "method": method,
-                            "kwargs": kwargs,
-                            "request": snapshot,
-                            "state": "deferred",
-                            "outcome": None,
-                            "generation": 1,
-                            "timeout_at": None,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True)
-                    ],
-                )
-            ids.extend(task_ids)
-        return ids
+        return bulk.store_deferrals(self.engine, snapshot, task_name, method, moments, chunk)
 
     def wake_triggerers(self) -> None:
         """One new-trigger notice, as a deferring task sends (rows stored in bulk send none)."""

@@ -162,7 +162,13 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def verdict(value: float, target: float) -> str:
+    """Against a ceiling: met when ``value <= target`` (a NaN misses)."""
     return "met" if value <= target else "missed"
+
+
+def verdict_at_least(value: float, target: float) -> str:
+    """Against a floor: met when ``value >= target`` (a NaN misses)."""
+    return "met" if value >= target else "missed"
 
 
 def mib(n: float) -> str:
