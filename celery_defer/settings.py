@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "defer_triggerer_block_warning": 0.5,
     "defer_event_retention": 86400.0,
     "defer_ended_retention": 600.0,
+    "defer_timer_horizon": 60.0,
     "defer_encryption_keys": None,
     "defer_resume_republish_after": 300.0,
 }
@@ -55,6 +56,9 @@ class Settings:
     #: Seconds an ended deferral stays in the store (``celery defer show`` finds it);
     #: the sweep deletes older ones.
     ended_retention: float
+    #: Seconds ahead of its moment a timer trigger is claimed by a triggerer; a timer
+    #: further away stays a row in the store (no coroutine, no capacity).
+    timer_horizon: float
     #: Seconds a published resume may wait unclaimed before the sweep publishes it
     #: again (its message may be lost with a broker that restarted without persistence).
     resume_republish_after: float
@@ -81,6 +85,7 @@ class Settings:
             triggerer_block_warning=_positive_float(app, "defer_triggerer_block_warning"),
             event_retention=_positive_float(app, "defer_event_retention"),
             ended_retention=_positive_float(app, "defer_ended_retention"),
+            timer_horizon=_positive_float(app, "defer_timer_horizon"),
             encryption_keys=_lookup(app, "defer_encryption_keys"),
             resume_republish_after=_positive_float(app, "defer_resume_republish_after"),
         )
@@ -88,6 +93,12 @@ class Settings:
             raise ConfigurationError(
                 "defer_triggerer_health_timeout "
                 f"({settings.triggerer_health_timeout}) must be longer than "
+                f"defer_triggerer_heartbeat ({settings.triggerer_heartbeat})"
+            )
+        if settings.timer_horizon < 2 * settings.triggerer_heartbeat:
+            # Far timers are claimed by the scan every heartbeat: two scans before the moment.
+            raise ConfigurationError(
+                f"defer_timer_horizon ({settings.timer_horizon}) must be at least twice "
                 f"defer_triggerer_heartbeat ({settings.triggerer_heartbeat})"
             )
         _cache[app] = settings

@@ -30,6 +30,7 @@ from celery_defer.exceptions import InvalidDeferral, StoreError, TaskDeferred, T
 from celery_defer.settings import Settings
 from celery_defer.store import NewDeferral, store_for
 from celery_defer.triggers.base import BaseTrigger
+from celery_defer.triggers.clock import DEFAULT_CLOCK
 from celery_defer.validation import check_deferral
 from celery_defer.wire import ResumeHeader, deadline_of, snapshot_request
 from celery_defer.worker.eager import call_inline
@@ -140,6 +141,14 @@ class DeferrableTask(Task):  # type: ignore[misc]
             )
             _warn_if_outlives_results(self, checked.timeout_at)
         store = store_for(self.app)
+        # A timer beyond the horizon wakes no triggerer: the periodic scan claims it in time
+        # (unless the tests' clock is moved or skipping: then triggerers run every timer).
+        announce = (
+            checked.wakes_at is None
+            or not DEFAULT_CLOCK.follows_wall_clock()
+            or checked.wakes_at - datetime.now(timezone.utc)
+            < timedelta(seconds=settings.timer_horizon)
+        )
         try:
             stored = store.save_deferral(
                 NewDeferral(
@@ -152,11 +161,13 @@ class DeferrableTask(Task):  # type: ignore[misc]
                     trigger_kwargs=codec.seal(checked.trigger_kwargs),
                     timeout_at=checked.timeout_at,
                     after_generation=ResumeHeader.generation_of(request) or 0,
+                    wakes_at=checked.wakes_at,
+                    announce=announce,
                 )
             )
         except StoreError as exc:
             resend_later(self, exc, deferring=True)
-        if not store.notifies_new_triggers:  # the save itself woke them otherwise
+        if announce and not store.notifies_new_triggers:  # else the save itself woke them
             notices.announce_trigger(self.app, stored.trigger_id)
         monitoring.send(
             self,

@@ -31,6 +31,8 @@ class CheckedDeferral:
     trigger_classpath: str
     trigger_kwargs: str
     timeout_at: datetime | None
+    #: The trigger's moment if it is a timer (``BaseTrigger.wakes_at``), aware UTC.
+    wakes_at: datetime | None = None
 
 
 def check_deferral(task: Task, deferred: TaskDeferred, max_bytes: int) -> CheckedDeferral:
@@ -55,7 +57,21 @@ def check_deferral(task: Task, deferred: TaskDeferred, max_bytes: int) -> Checke
         trigger_classpath=classpath,
         trigger_kwargs=trigger_text,
         timeout_at=timeout_moment(deferred.timeout),
+        wakes_at=_wake_moment(deferred.trigger),
     )
+
+
+def _wake_moment(trigger: BaseTrigger) -> datetime | None:
+    """``trigger.wakes_at()``, checked: an aware datetime (made UTC) or None."""
+    moment = trigger.wakes_at()
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime) or moment.utcoffset() is None:
+        raise InvalidDeferral(
+            f"{type(trigger).__qualname__}.wakes_at() must return an aware datetime or None, "
+            f"got {moment!r}"
+        )
+    return moment.astimezone(timezone.utc)
 
 
 def check_method(task: Task, name: Any) -> None:

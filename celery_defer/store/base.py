@@ -132,9 +132,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def claim_triggers(
-        self, triggerer_id: str, limit: int, health_timeout: float
+        self, triggerer_id: str, limit: int, health_timeout: float, horizon: float | None = None
     ) -> list[ClaimedTrigger]:
-        """Take up to ``limit`` unowned triggers (and those of dead triggerers)."""
+        """Take up to ``limit`` unowned triggers (and those of dead triggerers).
+
+        With ``horizon`` (seconds), a timer trigger is taken only once its
+        moment is within ``horizon`` of now (soonest first, before the others);
+        without, every unowned trigger is taken, in id order.
+        """
 
     @abc.abstractmethod
     def held_trigger_ids(self, triggerer_id: str) -> set[int]:

@@ -124,7 +124,9 @@ class InMemoryStore(Store):
 
     def save_deferral(self, deferral: NewDeferral) -> StoredDeferral:
         stored = self._save(deferral)
-        for on_notice in list(self._listeners):  # outside the lock: they may call the store
+        for on_notice in (
+            list(self._listeners) if deferral.announce else ()
+        ):  # outside the lock: they may call the store
             on_notice()
         return stored
 
@@ -132,7 +134,11 @@ class InMemoryStore(Store):
         with self._lock:
             now = self._now()
             trigger = TriggerRow(
-                next(self._trigger_ids), deferral.trigger_classpath, deferral.trigger_kwargs, now
+                next(self._trigger_ids),
+                deferral.trigger_classpath,
+                deferral.trigger_kwargs,
+                now,
+                wakes_at=utc_or_none(deferral.wakes_at, "wakes_at"),
             )
             self._tables.triggers[trigger.id] = trigger
             previous = self._tables.deferrals.get(deferral.task_id)
@@ -223,7 +229,7 @@ class InMemoryStore(Store):
             self._tables.release(lambda t: t.id in wanted and t.triggerer_id == triggerer_id)
 
     def claim_triggers(
-        self, triggerer_id: str, limit: int, health_timeout: float
+        self, triggerer_id: str, limit: int, health_timeout: float, horizon: float | None = None
     ) -> list[ClaimedTrigger]:
         if limit <= 0:
             return []
@@ -239,13 +245,18 @@ class InMemoryStore(Store):
                 self._tables.release(lambda t: t.triggerer_id in dead)
                 for gone in dead:
                     del self._tables.triggerers[gone]
+            unowned = [t for t in self._tables.triggers.values() if t.triggerer_id is None]
+            if horizon is not None:
+                near = self._now() + timedelta(seconds=horizon)
+                timers = sorted(
+                    (t for t in unowned if t.wakes_at is not None and t.wakes_at < near),
+                    key=lambda t: (t.wakes_at, t.id),
+                )
+                unowned = timers + [t for t in unowned if t.wakes_at is None]
             claimed: list[ClaimedTrigger] = []
-            for trigger in self._tables.triggers.values():
-                if len(claimed) == limit:
-                    break
-                if trigger.triggerer_id is None:
-                    trigger.triggerer_id = triggerer_id
-                    claimed.append(ClaimedTrigger(trigger.id, trigger.classpath, trigger.kwargs))
+            for trigger in unowned[:limit]:
+                trigger.triggerer_id = triggerer_id
+                claimed.append(ClaimedTrigger(trigger.id, trigger.classpath, trigger.kwargs))
             return claimed
 
     def held_trigger_ids(self, triggerer_id: str) -> set[int]:

@@ -63,6 +63,8 @@ class TriggerRow:
     kwargs: str
     created_at: datetime
     triggerer_id: str | None = None
+    #: A timer's moment (see ``BaseTrigger.wakes_at``).
+    wakes_at: datetime | None = None
 
 
 @dataclass

@@ -79,6 +79,10 @@ class NewDeferral:
     #: The generation this execution resumed (0: a first execution). A task
     #: deferring again gets a higher one even if its ended row was deleted meanwhile.
     after_generation: int = 0
+    #: A timer's moment (``BaseTrigger.wakes_at``): triggerers claim it only near then.
+    wakes_at: datetime | None = None
+    #: Whether to wake the triggerers now (False for a timer beyond the horizon).
+    announce: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ slot, or by its periodic scan), the heartbeat, and the fire loop that stores
 outcomes and publishes resumes in batches. The store is synchronous, so its
 calls run on a small thread pool and never block the loop.
 
-Per-loop work does not grow with the number of triggers held: timers sleep
+Per-loop work does not grow with the number of triggers held: a timer
+stays a row in the store until its moment is within ``defer_timer_horizon``
+(the periodic scan, every heartbeat, claims it then), near timers sleep
 on the loop's own timer heap, the claim is one indexed query, and the only
 O(held) step (reconciling with the store) runs once per health timeout.
 Store writes are batched: a claim takes up to CLAIM_BATCH triggers and
@@ -36,6 +38,7 @@ from celery_defer.triggerer.metrics import TriggererMetrics
 from celery_defer.triggerer.supervision import supervise
 from celery_defer.triggerer.watchdog import running_trigger
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
+from celery_defer.triggers.clock import DEFAULT_CLOCK
 from celery_defer.triggers.execution import describe, first_event
 from celery_defer.validation import resolve_trigger_class
 from celery_defer.wire import Outcome
@@ -85,6 +88,8 @@ class TriggerRunner:
         # Triggers this runner cancelled, to tell them from one raising CancelledError itself.
         self._cancelling: set[int] = set()
         self.registered: Callable[[], None] = lambda: None
+        #: The clock the triggers go by (the service sets its own).
+        self.clock: Any = DEFAULT_CLOCK
         self.metrics = TriggererMetrics()
         self._resumes = ResumePipeline(app, store, self._call, self._sleep, self._stop.is_set)
 
@@ -202,6 +207,7 @@ class TriggerRunner:
                     self.triggerer_id,
                     limit,
                     self.settings.triggerer_health_timeout,
+                    self._horizon(),
                 )
                 claimed = await asyncio.wrap_future(self._claim)
             except StoreError as exc:
@@ -215,6 +221,18 @@ class TriggerRunner:
                 self._unowned_left = False
                 return
         self._unowned_left = True
+
+    def _horizon(self) -> float | None:
+        """How far ahead timers are claimed; None (all of them) under a clock of tests.
+
+        The store judges a timer's distance by the wall clock; a trigger clock
+        moved (``fast_forward``), skipping (``skip_time``) or of another kind
+        may make a far timer due, so then every timer is claimed and run.
+        """
+        follows = getattr(self.clock, "follows_wall_clock", None)
+        if follows is None or not follows():
+            return None
+        return self.settings.timer_horizon
 
     async def _claim_settled(self) -> None:
         """Wait for a claim still in its transaction when the claim loop was cancelled.

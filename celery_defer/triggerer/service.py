@@ -121,6 +121,7 @@ class Triggerer:
             self.app, store_for(self.app), self.id, self.capacity, socket.gethostname(), os.getpid()
         )
         runner.registered = self._ready.set
+        runner.clock = self.clock
 
         def to_loop(callback: Callable[..., None], *args: Any) -> None:
             """Hand a listener's message to the loop; one arriving after the stop is dropped."""

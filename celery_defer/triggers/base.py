@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 __all__ = ["BaseTrigger", "TriggerEvent"]
@@ -85,6 +86,16 @@ class BaseTrigger(abc.ABC):
         :meth:`classpath`), and ``kwargs`` must be storable as typed JSON:
         the triggerer calls ``cls(**kwargs)``.
         """
+
+    def wakes_at(self) -> datetime | None:
+        """The moment this trigger fires at, if waiting for that moment is all it does.
+
+        A trigger that returns a moment is a timer: the store keeps it as a row
+        until the moment comes within ``defer_timer_horizon`` of now, and only
+        then does a triggerer claim it and run it (no coroutine, no capacity
+        while it is far away). Default None: claimed and run at once.
+        """
+        return None
 
     @abc.abstractmethod
     def run(self) -> AsyncIterator[TriggerEvent]:

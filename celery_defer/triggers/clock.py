@@ -82,6 +82,10 @@ class SystemClock:
         """Which clock it is, in logs and test failures."""
         return "SystemClock()"
 
+    def follows_wall_clock(self) -> bool:
+        """Always: timers far away by this clock are far away by the store's."""
+        return True
+
 
 class _Seen(threading.local):
     # The epoch the last now() in this thread saw: a sleep that follows it
@@ -111,6 +115,14 @@ class ShiftableClock:
         moved, epoch = self._state
         self._seen.epoch = epoch
         return datetime.now(timezone.utc) + moved
+
+    def follows_wall_clock(self) -> bool:
+        """Whether it reads the wall clock now: not moved, not skipping.
+
+        Only then may a triggerer leave far timers in the store (the store
+        judges "far" by the wall clock); otherwise it runs every timer.
+        """
+        return not self._skip_depth and not self._state[0]
 
     def offset(self) -> timedelta:
         """How far :meth:`shift` and :meth:`skipping` have moved this clock past the wall clock."""

@@ -81,6 +81,10 @@ class DateTimeTrigger(BaseTrigger):
         """Return the public classpath and the absolute moment, in UTC."""
         return (_CLASSPATH, {"moment": self.moment})
 
+    def wakes_at(self) -> datetime | None:
+        """The moment, unless a subclass's own ``run()`` does more than wait for it."""
+        return self.moment if type(self).run is DateTimeTrigger.run else None
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Sleep on the loop's timer until the moment, then yield it once."""
         while True:

@@ -84,7 +84,7 @@ def test_a_version_1_store_is_upgraded_with_the_events_table(events_store: SqlSt
     upgraded = SqlStore(events_store.url)
     try:
         upgraded.create_schema()
-        assert upgraded.schema_version() == SCHEMA_VERSION == 2
+        assert upgraded.schema_version() == SCHEMA_VERSION == 3
         upgraded.add_event("after-upgrade", "1")
         assert set(
             upgraded.latest_events(["after-upgrade"], datetime(2000, 1, 1, tzinfo=timezone.utc))

@@ -95,7 +95,7 @@ def test_create_schema_twice_is_safe_and_keeps_rows(
     store.create_schema()
     again = make_store(store.url)
     again.create_schema()
-    assert store.schema_version() == again.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == again.schema_version() == SCHEMA_VERSION == 3
     assert state(again, "a") == DEFERRED
 
 
@@ -117,6 +117,32 @@ def test_schema_newer_than_the_code_is_refused(sql_store: SqlStore, make_store: 
     sql(store, sa.update(schema_info).values(version=SCHEMA_VERSION + 1))
     with pytest.raises(ConfigurationError, match="upgrade celery-defer"):
         make_store(store.url).create_schema()
+
+
+def test_a_version_2_store_gains_the_timer_column(
+    sql_store: SqlStore, make_store: MakeStore
+) -> None:
+    """What a store made by 0.2 looks like: no defer_triggers.wakes_at, version 2."""
+    store = sql_store
+    store.save_deferral(deferral("old"))
+    sql(store, sa.text("DROP INDEX ix_defer_triggers_owner_wakes"))
+    sql(store, sa.text("ALTER TABLE defer_triggers DROP COLUMN wakes_at"))
+    sql(store, sa.update(schema_info).values(version=2))
+    upgraded = make_store(store.url)
+    upgraded.create_schema()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 3
+    far = datetime.now(timezone.utc) + timedelta(hours=1)
+    upgraded.save_deferral(dataclasses.replace(deferral("new"), wakes_at=far))
+    upgraded.register_triggerer("t", "h", 1, 10)
+    # The old row is no timer: claimed at once; the new far one stays in the store.
+    assert [c.id for c in upgraded.claim_triggers("t", 10, HEALTH, horizon=60)] == [
+        state_trigger(upgraded, "old")
+    ]
+
+
+def state_trigger(store: Store, task_id: str) -> int | None:
+    info = store.get_deferral(task_id)
+    return None if info is None else info.trigger_id
 
 
 # -- saving ---------------------------------------------------------------------------------
@@ -193,6 +219,37 @@ def test_claim_triggers_takes_over_silent_triggerer(store: Store, backend: Backe
     assert store.held_trigger_ids("silent") == set()
     assert store.heartbeat("silent") is False  # it was reaped: it must stop
     assert store.heartbeat("new") is True
+
+
+def test_timers_are_claimed_only_within_the_horizon_soonest_first(backend: Backend) -> None:
+    start = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+    clock = ManualClock(start)
+    timed = backend.with_clock(clock)
+    timed.register_triggerer("t", "host", 1, 100)
+
+    def timer(task_id: str, seconds: float) -> int:
+        moment = start + timedelta(seconds=seconds)
+        new = dataclasses.replace(deferral(task_id), wakes_at=moment, announce=False)
+        return timed.save_deferral(new).trigger_id
+
+    far, later, soon = timer("far", 3600), timer("later", 50), timer("soon", 30)
+    other = timed.save_deferral(deferral("other")).trigger_id  # no moment: claimed at once
+    assert [c.id for c in timed.claim_triggers("t", 1, HEALTH, horizon=60)] == [soon]
+    assert [c.id for c in timed.claim_triggers("t", 10, HEALTH, horizon=60)] == [later, other]
+    assert timed.claim_triggers("t", 10, HEALTH, horizon=60) == []  # far stays a row
+    clock.advance(3600 - 59)
+    assert timed.heartbeat("t") is True  # still alive: it keeps what it holds
+    assert [c.id for c in timed.claim_triggers("t", 10, HEALTH, horizon=60)] == [far]
+
+
+def test_without_a_horizon_every_timer_is_claimed(store: Store) -> None:
+    far = datetime.now(timezone.utc) + timedelta(days=30)
+    ids = {
+        store.save_deferral(dataclasses.replace(deferral(f"t{i}"), wakes_at=far)).trigger_id
+        for i in range(3)
+    }
+    store.register_triggerer("t", "host", 1, 100)
+    assert {c.id for c in store.claim_triggers("t", 10, HEALTH)} == ids
 
 
 def test_a_store_clock_ages_a_silent_triggerer_without_touching_rows(backend: Backend) -> None:

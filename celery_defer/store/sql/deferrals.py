@@ -15,11 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     Integer,
     String,
     Text,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -61,7 +63,10 @@ def _postgresql_save() -> Any:
     trigger = (
         insert(triggers)
         .values(
-            classpath=bindparam("classpath"), kwargs=bindparam("trigger_kwargs"), created_at=now
+            classpath=bindparam("classpath"),
+            kwargs=bindparam("trigger_kwargs"),
+            wakes_at=bindparam("wakes_at", type_=UtcDateTime()),
+            created_at=now,
         )
         .returning(triggers.c.id)
         .cte("new_trigger")
@@ -92,8 +97,11 @@ def _postgresql_save() -> Any:
     ).returning(
         deferrals.c.trigger_id,
         deferrals.c.generation,
-        # Delivered when this statement commits: the save itself wakes the triggerers.
-        func.pg_notify(CHANNEL, "").label("notified"),
+        # Delivered when this statement commits: the save itself wakes the triggerers
+        # (not for a timer beyond the horizon: the periodic scan claims it in time).
+        case((bindparam("announce", type_=Boolean), func.pg_notify(CHANNEL, "")), else_=None).label(
+            "notified"
+        ),
     )
 
 
@@ -105,6 +113,7 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
     timeout_at = (
         None if deferral.timeout_at is None else aware_utc(deferral.timeout_at, "timeout_at")
     )
+    wakes_at = None if deferral.wakes_at is None else aware_utc(deferral.wakes_at, "wakes_at")
     if conn.dialect.name == "postgresql":
         row = conn.execute(
             _POSTGRESQL_SAVE,
@@ -118,6 +127,8 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
                 "trigger_kwargs": deferral.trigger_kwargs,
                 "timeout_at": timeout_at,
                 "first_generation": deferral.after_generation + 1,
+                "wakes_at": wakes_at,
+                "announce": deferral.announce,
                 "now": now,
             },
         ).one()
@@ -126,6 +137,7 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
         insert(triggers).values(
             classpath=deferral.trigger_classpath,
             kwargs=deferral.trigger_kwargs,
+            wakes_at=wakes_at,
             created_at=now,
         )
     ).inserted_primary_key

@@ -10,6 +10,10 @@ upgrade that adds it to existing stores are written side by side.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -24,17 +28,19 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.schema import CreateIndex
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.schema import CreateColumn, CreateIndex
 
 from celery_defer.exceptions import ConfigurationError
 from celery_defer.store.sql.columns import StateColumn, UtcDateTime
 
 #: Bumped whenever a table changes; ``create_schema`` upgrades older stores.
 #: 2: ``defer_events`` (external events) added.
-SCHEMA_VERSION = 2
+#: 3: ``defer_triggers.wakes_at`` (timers stay rows until near their moment) and its index.
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -67,6 +73,9 @@ triggers = Table(
     Column("kwargs", Text, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("triggerer_id", String(64), nullable=True, index=True),
+    # A timer's moment (BaseTrigger.wakes_at), None for any other trigger. Added in
+    # schema version 3: create_schema adds the column to an older store.
+    Column("wakes_at", UtcDateTime(), nullable=True),
     # Never reuse an id: a late outcome or notice for a deleted trigger must
     # not land on a new one (SQLite reuses the highest rowid otherwise).
     sqlite_autoincrement=True,
@@ -82,6 +91,13 @@ unowned_triggers = Index(
     postgresql_where=triggers.c.triggerer_id.is_(None),
     sqlite_where=triggers.c.triggerer_id.is_(None),
 ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # a tuple is documented
+
+#: Claims take unowned timers due within the horizon, soonest first, and then unowned
+#: other triggers (no moment) by id: (owner, moment, id) finds both without reading
+#: the far timers, however many (schema version 3).
+unowned_timers = Index(
+    "ix_defer_triggers_owner_wakes", triggers.c.triggerer_id, triggers.c.wakes_at, triggers.c.id
+)
 
 deferrals = Table(
     "defer_deferrals",
@@ -158,18 +174,35 @@ def create_schema(engine: Engine, url: str) -> None:
 
 
 def _add_later_indexes(engine: Engine) -> None:
-    """Indexes added after the tables shipped (``create_all`` skips existing tables)."""
-    if engine.dialect.name not in ("postgresql", "sqlite"):
-        return
-    if inspect(engine).has_index(triggers.name, str(unowned_triggers.name)):
-        return
+    """Columns and indexes added after the tables shipped (``create_all`` skips existing tables)."""
+    column = CreateColumn(triggers.c.wakes_at).compile(dialect=engine.dialect)
+    _once(
+        engine,
+        text(f"ALTER TABLE {triggers.name} ADD COLUMN {column}"),
+        lambda: "wakes_at" in {c["name"] for c in inspect(engine).get_columns(triggers.name)},
+    )
+    later = [unowned_timers]
+    if engine.dialect.name in ("postgresql", "sqlite"):
+        later.append(unowned_triggers)
+    for index in later:
+        _once(engine, CreateIndex(index), partial(_has_index, engine, str(index.name)))
+
+
+def _has_index(engine: Engine, name: str) -> bool:
+    return bool(inspect(engine).has_index(triggers.name, name))
+
+
+def _once(engine: Engine, statement: Any, done: Callable[[], bool]) -> None:
+    """Make a schema change unless ``done()``: another process may be making it at once."""
     for attempt in range(3):
+        if done():
+            return
         try:
             with engine.begin() as conn:
-                conn.execute(CreateIndex(unowned_triggers, if_not_exists=True))
+                conn.execute(statement)
             return
-        except (IntegrityError, OperationalError):
-            # Another process created it at the same moment.
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # Another process made it first: fine if it is there now.
             if attempt == 2:
                 raise
 

@@ -190,12 +190,14 @@ class SqlStore(Store):
 
     @translated
     def claim_triggers(
-        self, triggerer_id: str, limit: int, health_timeout: float
+        self, triggerer_id: str, limit: int, health_timeout: float, horizon: float | None = None
     ) -> list[ClaimedTrigger]:
         if limit <= 0:
             return []
         with self._begin() as conn:
-            return triggerers.claim(conn, triggerer_id, limit, health_timeout, now=self._now())
+            return triggerers.claim(
+                conn, triggerer_id, limit, health_timeout, now=self._now(), horizon=horizon
+            )
 
     @translated
     def held_trigger_ids(self, triggerer_id: str) -> set[int]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, any_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, any_, delete, func, insert, select, update
 
 from celery_defer.store.records import ClaimedTrigger
 from celery_defer.store.sql.engine import chunks
@@ -67,9 +68,20 @@ def release(conn: Connection, triggerer_id: str, trigger_ids: Sequence[int]) -> 
 
 
 def claim(
-    conn: Connection, triggerer_id: str, limit: int, health_timeout: float, *, now: datetime
+    conn: Connection,
+    triggerer_id: str,
+    limit: int,
+    health_timeout: float,
+    *,
+    now: datetime,
+    horizon: float | None = None,
 ) -> list[ClaimedTrigger]:
-    """Reap triggerers silent since before ``now - health_timeout``, then take unowned triggers."""
+    """Reap triggerers silent since before ``now - health_timeout``, then take unowned triggers.
+
+    With ``horizon`` (seconds), a timer (``wakes_at`` set) is taken only once
+    its moment is within ``horizon`` of ``now``, soonest first, and before any
+    other trigger; without, every unowned trigger is taken in id order.
+    """
     cutoff = now - timedelta(seconds=health_timeout)
     # Reap silent triggerers first, so the claim itself only has to
     # look at unowned rows (an indexed IS NULL, not an anti-join).
@@ -88,10 +100,38 @@ def claim(
             update(triggers).where(triggers.c.triggerer_id.in_(dead)).values(triggerer_id=None)
         )
         conn.execute(delete(triggerers).where(triggerers.c.id.in_(dead)))
+    if horizon is None:
+        return _take(conn, triggerer_id, limit, triggers.c.triggerer_id.is_(None), triggers.c.id)
+    near = _take(
+        conn,
+        triggerer_id,
+        limit,
+        and_(
+            triggers.c.triggerer_id.is_(None),
+            triggers.c.wakes_at < now + timedelta(seconds=horizon),
+        ),
+        triggers.c.wakes_at,
+    )
+    if len(near) == limit:
+        return near
+    others = _take(
+        conn,
+        triggerer_id,
+        limit - len(near),
+        and_(triggers.c.triggerer_id.is_(None), triggers.c.wakes_at.is_(None)),
+        triggers.c.id,
+    )
+    return near + others
+
+
+def _take(
+    conn: Connection, triggerer_id: str, limit: int, where: Any, order: Any
+) -> list[ClaimedTrigger]:
+    """Take up to ``limit`` unowned triggers matching ``where``, in ``order``."""
     unowned = (
         select(triggers.c.id)
-        .where(triggers.c.triggerer_id.is_(None))
-        .order_by(triggers.c.id)
+        .where(where)
+        .order_by(order)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
