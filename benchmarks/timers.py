@@ -89,7 +89,7 @@ def resume_probes(run: Run, moments: list[datetime], lead_end: datetime) -> dict
     """Store probes due at ``moments``, wake the triggerers; wait until all resumed.
 
     Returns the lateness (resumed minus due) of each, in seconds, and how many
-    were owned by a triggerer at ``lead_end`` (just before the first is due).
+    a triggerer owned before ``lead_end`` (just before the first is due).
     """
     delays_key = run.key("delays")
     run.marks.delete(delays_key)
