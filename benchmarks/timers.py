@@ -89,7 +89,7 @@ def resume_probes(run: Run, moments: list[datetime], lead_end: datetime) -> dict
     """Store probes due at ``moments``, wake the triggerers; wait until all resumed.
 
     Returns the lateness (resumed minus due) of each, in seconds, and how many
-    were owned by a triggerer at ``lead_end`` (just before the first is due).
+    a triggerer owned before ``lead_end`` (just before the first is due).
     """
     delays_key = run.key("delays")
     run.marks.delete(delays_key)
@@ -185,7 +185,9 @@ def measure(args: Any, n: int, k: int, due_batch: int, spread: float) -> dict[st
         result["due_cpu"] = window.stop()
         run.profiled()
         first = datetime.now(timezone.utc) + timedelta(seconds=1)
+        window = run.cpu_window(*roles, "worker")
         result["plain_late"] = plain_baseline(run, schedule(first, due_batch, spread))
+        result["plain_cpu"] = window.stop()
     return result
 
 
@@ -217,6 +219,7 @@ def summary(r: dict[str, Any], window: float) -> dict[str, Any]:
         "busy_before_pct": r["busy_before_pct"],
         "busy_before_due_pct": r["busy_before_due_pct"],
         "due_window_cpu_pct": r["due_cpu"],
+        "plain_window_cpu_pct": r["plain_cpu"],
         "shares_pct": shares,
         "due_batch": len(delays),
         "due_picked_up_before_due": r["late"]["picked_up_before_due"],
@@ -334,7 +337,8 @@ def report(args: Any, s: dict[str, Any], spread: float) -> None:
             f"{s['late_ms_p50']:.1f} / {s['late_ms_p99']:.1f} / {s['late_ms_max']:.1f} ms "
             f"(others meanwhile: {s['due_window_cpu_pct']['others']:.0f} % of a core)",
             f"`bench.stamp` sent at each moment: {s['plain_late_ms_p50']:.1f} / "
-            f"{s['plain_late_ms_p99']:.1f} / {s['plain_late_ms_max']:.1f} ms",
+            f"{s['plain_late_ms_p99']:.1f} / {s['plain_late_ms_max']:.1f} ms "
+            f"(others: {s['plain_window_cpu_pct']['others']:.0f} %)",
             f"p99 <= {TARGET_LATE_P99_MS:g} ms",
             verdict(s["late_ms_p99"], TARGET_LATE_P99_MS) + at_n,
         ],
