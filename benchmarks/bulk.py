@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 __all__ = ["store_deferrals"]
 
-TRIGGER_COLUMNS = "id, classpath, kwargs, created_at"
+TRIGGER_COLUMNS = "id, classpath, kwargs, wakes_at, created_at"
 DEFERRAL_COLUMNS = (
     "task_id, task_name, trigger_id, method, kwargs, request, state, generation, "
     "created_at, updated_at"
@@ -74,7 +74,9 @@ def store_deferrals(
             cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             with cursor.copy(f"COPY defer_triggers ({TRIGGER_COLUMNS}) FROM STDIN") as copy:
                 for trigger_id, moment in zip(trigger_ids, part, strict=True):
-                    copy.write_row((trigger_id, *trigger(moment), now))
+                    # wakes_at, as save_deferral stores a timer's moment (naive UTC)
+                    wakes_at = moment.astimezone(timezone.utc).replace(tzinfo=None)
+                    copy.write_row((trigger_id, *trigger(moment), wakes_at, now))
             with cursor.copy(f"COPY defer_deferrals ({DEFERRAL_COLUMNS}) FROM STDIN") as copy:
                 for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True):
                     copy.write_row(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-SCRIPTS = ["hold.py", "latency.py", "cycle.py", "slots.py"]
+SCRIPTS = ["hold.py", "latency.py", "cycle.py", "slots.py", "ratios.py", "timers.py"]
 RUN_TIMEOUT = 110  # each script's quick mode takes well under a minute
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

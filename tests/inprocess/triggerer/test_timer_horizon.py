@@ -35,7 +35,8 @@ def test_a_far_timer_stays_a_row_until_the_horizon_then_fires_on_time(
     def nap(self: DeferrableTask, moment: str, event: Any = None) -> float:
         if event is None:
             self.defer(DateTimeTrigger(datetime.fromisoformat(moment)), kwargs={"moment": moment})
-        return (datetime.now(timezone.utc) - event.payload).total_seconds()
+        late: float = (datetime.now(timezone.utc) - event.payload).total_seconds()
+        return late
 
     store = store_for(app)
     with running(app):
