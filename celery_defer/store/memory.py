@@ -253,11 +253,25 @@ class InMemoryStore(Store):
                     key=lambda t: (t.wakes_at, t.id),
                 )
                 unowned = timers + [t for t in unowned if t.wakes_at is None]
+                limit = self._fair_limit(triggerer_id, limit, len(unowned))
             claimed: list[ClaimedTrigger] = []
             for trigger in unowned[:limit]:
                 trigger.triggerer_id = triggerer_id
                 claimed.append(ClaimedTrigger(trigger.id, trigger.classpath, trigger.kwargs))
             return claimed
+
+    def _fair_limit(self, triggerer_id: str, limit: int, waiting: int) -> int:
+        """The SQL store's fair share (``store.sql.triggerers``), under the lock."""
+        live = len(self._tables.triggerers)
+        if live <= 1:
+            return limit
+        if not waiting:
+            return 0
+        owners = [t.triggerer_id for t in self._tables.triggers.values()]
+        owned = sum(1 for owner in owners if owner is not None)
+        mine = sum(1 for owner in owners if owner == triggerer_id)
+        fair = -(-(owned + waiting) // live) - mine
+        return min(limit, max(fair, -(-waiting // live)))
 
     def held_trigger_ids(self, triggerer_id: str) -> set[int]:
         with self._lock:

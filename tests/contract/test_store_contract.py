@@ -242,6 +242,25 @@ def test_timers_are_claimed_only_within_the_horizon_soonest_first(backend: Backe
     assert [c.id for c in timed.claim_triggers("t", 10, HEALTH, horizon=60)] == [far]
 
 
+def test_several_triggerers_claim_fair_shares_and_leave_nothing_waiting(store: Store) -> None:
+    ids = {store.save_deferral(deferral(f"t{i}")).trigger_id for i in range(100)}
+    for name in ("a", "b", "c", "d"):
+        store.register_triggerer(name, "host", 1, 1000)
+    taken = {name: store.claim_triggers(name, 1000, HEALTH, horizon=60) for name in "abcd"}
+    assert [len(taken[name]) for name in "abcd"] == [25, 25, 25, 25]
+    for i in range(100, 140):  # more arrive; "a" is full (its capacity was 25)
+        store.save_deferral(deferral(f"t{i}"))
+    more = {name: store.claim_triggers(name, 1000, HEALTH, horizon=60) for name in "bcd"}
+    assert sorted(len(c) for c in more.values()) == [10, 10, 10]  # 140 / 4 = 35 each
+    rest: list[ClaimedTrigger] = []
+    for _ in range(4):  # a few scans: what waits is split among the others until none is left
+        for name in "bcd":
+            rest += store.claim_triggers(name, 1000, HEALTH, horizon=60)
+    assert len(rest) == 10
+    claimed = {c.id for c in rest} | {c.id for cs in [*taken.values(), *more.values()] for c in cs}
+    assert ids <= claimed and len(claimed) == 140
+
+
 def test_without_a_horizon_every_timer_is_claimed(store: Store) -> None:
     far = datetime.now(timezone.utc) + timedelta(days=30)
     ids = {

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, any_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, any_, delete, func, insert, or_, select, update
 
 from celery_defer.store.records import ClaimedTrigger
 from celery_defer.store.sql.engine import chunks
@@ -102,26 +102,50 @@ def claim(
         conn.execute(delete(triggerers).where(triggerers.c.id.in_(dead)))
     if horizon is None:
         return _take(conn, triggerer_id, limit, triggers.c.triggerer_id.is_(None), triggers.c.id)
-    near = _take(
-        conn,
-        triggerer_id,
-        limit,
-        and_(
-            triggers.c.triggerer_id.is_(None),
-            triggers.c.wakes_at < now + timedelta(seconds=horizon),
-        ),
-        triggers.c.wakes_at,
-    )
+    unowned = triggers.c.triggerer_id.is_(None)
+    near_timer = triggers.c.wakes_at < now + timedelta(seconds=horizon)
+    limit = _fair_limit(conn, triggerer_id, limit, and_(unowned, or_(near_timer, no_moment)))
+    if limit <= 0:
+        return []
+    near = _take(conn, triggerer_id, limit, and_(unowned, near_timer), triggers.c.wakes_at)
     if len(near) == limit:
         return near
     others = _take(
         conn,
         triggerer_id,
         limit - len(near),
-        and_(triggers.c.triggerer_id.is_(None), triggers.c.wakes_at.is_(None)),
+        and_(unowned, no_moment),
         triggers.c.id,
     )
     return near + others
+
+
+no_moment = triggers.c.wakes_at.is_(None)
+
+
+def _fair_limit(conn: Connection, triggerer_id: str, limit: int, waiting: Any) -> int:
+    """``limit``, cut to this triggerer's fair share when several triggerers run.
+
+    The share is what all triggerers own plus what waits to be claimed, split
+    evenly between the live triggerers, minus what this one owns already; but
+    never below an even split of what waits, so triggers never wait for
+    triggerers that are full or slow to scan.
+    """
+    live = conn.execute(select(func.count()).select_from(triggerers)).scalar_one()
+    if live <= 1:
+        return limit
+    count = func.count()
+    waiting_n = conn.execute(select(count).select_from(triggers).where(waiting)).scalar_one()
+    if not waiting_n:
+        return 0
+    owned = conn.execute(
+        select(count).select_from(triggers).where(triggers.c.triggerer_id.is_not(None))
+    ).scalar_one()
+    mine = conn.execute(
+        select(count).select_from(triggers).where(triggers.c.triggerer_id == triggerer_id)
+    ).scalar_one()
+    fair = -(-(owned + waiting_n) // live) - mine
+    return min(limit, max(fair, -(-waiting_n // live)))
 
 
 def _take(
