@@ -16,7 +16,8 @@ stay rows in the store) and one scan more. Measured:
   nothing due, 30 s by default: one reconciliation period (a triggerer checks
   what it holds against the store once per ``defer_triggerer_health_timeout``,
   30 s), so that a window holds one, not one or none;
-* with K > 1, each triggerer's share of the N (percent of N);
+* with K > 1, each triggerer's share of the work it claimed: the due batch (percent of it;
+  the N far timers are rows nobody owns);
 * lateness: a batch of extra timers (1,000 over 10 s) due a few seconds
   ahead, fired through the worker: each resumed ``bench.probe.arrive``
   records its start minus its due moment.
@@ -117,6 +118,7 @@ def resume_probes(run: Run, moments: list[datetime], lead_end: datetime) -> dict
             interval=0.02,
         )
     picked_up = run.scalar(OWNED) - held
+    owned_by = run.owned()  # the share each triggerer took of the batch (nothing else is owned)
     spread = (moments[-1] - moments[0]).total_seconds()
     wait_until(
         lambda: run.marks.llen(delays_key) >= len(moments),
@@ -132,6 +134,7 @@ def resume_probes(run: Run, moments: list[datetime], lead_end: datetime) -> dict
         "delays": [delay for _at, delay in timeline],
         "timeline": timeline,
         "picked_up_before_due": picked_up,
+        "owned_by": owned_by,
     }
 
 
@@ -212,7 +215,11 @@ def summary(r: dict[str, Any], window: float) -> dict[str, Any]:
     k, n = r["triggerers"], r["n"]
     ms, mib = 1000, 2**20
     delays, plain = r["late"]["delays"], r["plain_late"]
-    shares = {role: count / n * 100 for role, count in r["owned_by"].items()}
+    # The work a triggerer holds is what it claimed: with timers as data, the N far timers
+    # are rows nobody owns, so the shares are of the due batch as the triggerers claimed it.
+    batch_owned = r["late"]["owned_by"]
+    claimed = sum(batch_owned.values()) or 1
+    shares = {role: count / claimed * 100 for role, count in batch_owned.items()}
     return {
         "rss_mib": max(rss for rss, _peak in r["rss"].values()) / mib,
         "idle_cpu_pct": r["idle_cpu"]["triggerer-1"],
@@ -311,7 +318,7 @@ def report(args: Any, s: dict[str, Any], spread: float) -> None:
         low, high = fair - SHARE_TOLERANCE, fair + SHARE_TOLERANCE
         share_ok = s["share_min_pct"] >= low and s["share_max_pct"] <= high
         share = [
-            "share of N held",
+            "share of the due batch claimed",
             f"min {s['share_min_pct']:.1f} %, max {s['share_max_pct']:.1f} %"
             + each(s["shares_pct"], " %", 1),
             "-",
@@ -319,7 +326,7 @@ def report(args: Any, s: dict[str, Any], spread: float) -> None:
             ("met" if share_ok else "missed") + ("" if k == TARGET_SHARE_K else " at this K"),
         ]
     else:
-        share = ["share of N held", "- (one triggerer)", "-", "-", "-"]
+        share = ["share of the due batch claimed", "- (one triggerer)", "-", "-", "-"]
     peak = max(s["peak_rss_mib_each"].values())
     idle_window = s["idle_window_cpu_pct"]
     rows = [
