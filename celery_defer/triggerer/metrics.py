@@ -22,15 +22,12 @@ the HTTP thread: updates stay as cheap as an attribute increment, which is
 all the triggerer's hot path may spend. No dependency: the few primitives
 below write the text format themselves.
 
-Only what this process knows is served here. Deferrals that time out are
-failed by the ``celery_defer.sweep`` task, which beat sends to a *worker*, so
-a triggerer never sees them: an earlier
-``celery_defer_deferrals_timed_out_total`` served here counted the sweeps run
-in the triggerer's own process, which in production is none, and read 0 for
-ever. The sweep's counts are reported where they are counted instead: the
-task returns its :class:`~celery_defer.sweep.SweepReport` (monitors see it as
-the ``task-succeeded`` result) and logs it with structured fields. A
-cluster-wide total would be a count kept in the store.
+Only what this process knows is served here. Every triggerer sweeps
+(:mod:`celery_defer.triggerer.sweeping`), so
+``celery_defer_deferrals_timed_out_total`` counts the deferrals *this*
+triggerer timed out (sum it over triggerers); those the beat sweep times out
+in a worker are reported by that task (its :class:`~celery_defer.sweep.SweepReport`,
+the ``task-succeeded`` result, and a structured log line).
 """
 
 from __future__ import annotations
@@ -157,6 +154,7 @@ class TriggererMetrics:
     def __init__(self) -> None:
         self.fired = Counter()
         self.failed = Counter()
+        self.timed_out = Counter()
         self.loop_blocked = Counter(shared=True)
         self.lateness = Histogram(LATENESS_BUCKETS)
 
@@ -196,6 +194,11 @@ class TriggererMetrics:
                 "celery_defer_triggers_failed_total",
                 "Triggers that failed (their tasks fail with TriggerFailed).",
                 self.failed.value,
+            ),
+            *counter_text(
+                "celery_defer_deferrals_timed_out_total",
+                "Deferrals this triggerer's sweep failed with TriggerTimeout.",
+                self.timed_out.value,
             ),
             *counter_text(
                 "celery_defer_triggerer_loop_blocked_total",

@@ -36,6 +36,7 @@ from celery_defer.store import ClaimedTrigger, Store, TriggerOutcome
 from celery_defer.triggerer.firing import ResumePipeline
 from celery_defer.triggerer.metrics import TriggererMetrics
 from celery_defer.triggerer.supervision import supervise
+from celery_defer.triggerer.sweeping import sweep_loop
 from celery_defer.triggerer.watchdog import running_trigger
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
 from celery_defer.triggers.clock import DEFAULT_CLOCK
@@ -123,6 +124,17 @@ class TriggerRunner:
                 asyncio.create_task(self._resumes.fire_loop(), name="fire"),
                 asyncio.create_task(self._resumes.mark_loop(), name="mark-resumed"),
                 asyncio.create_task(self._resumes.republish_loop(), name="republish"),
+                asyncio.create_task(
+                    sweep_loop(
+                        self.app,
+                        self._call,
+                        lambda: self.clock.now(),
+                        self._sleep,
+                        self._stop.is_set,
+                        self.metrics.timed_out.inc,
+                    ),
+                    name="sweep",
+                ),
             ]
             self.failure = await supervise(side, self._stop, self.triggerer_id)
             for task in side[:2]:

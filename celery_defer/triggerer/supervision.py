@@ -34,8 +34,10 @@ async def supervise(
     finally:
         stopping.cancel()
     ended = [task for task in loops if task in done]
-    if not ended:
-        return None
+    if not ended or (
+        stopping in done and not any(t.exception() for t in ended if not t.cancelled())
+    ):
+        return None  # a requested stop (a loop may have returned on seeing it)
     task = ended[0]
     error = None if task.cancelled() else task.exception()
     logger.error(

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +14,6 @@ from celery.contrib.testing.worker import start_worker
 
 from celery_defer import DeferrableTask, Triggerer, TriggerFailed, TriggerTimeout
 from celery_defer.exceptions import ConfigurationError
-from celery_defer.sweep import sweep
 from celery_defer.testing import FailureTrigger, SuccessTrigger
 from celery_defer.triggers import BaseTrigger, DateTimeTrigger
 from tests.support.inprocess import make_app
@@ -28,17 +23,6 @@ pytestmark = pytest.mark.timeout(60)
 
 LATENESS = "celery_defer_trigger_fire_lateness_seconds"
 TIMED_OUT = "celery_defer_deferrals_timed_out_total"
-
-#: The sweep as beat runs it in production: in another process than the triggerer's.
-SWEEP_ELSEWHERE = """
-import os
-from celery import Celery
-from tests.support.waiting import eventually
-from celery_defer.sweep import sweep
-app = Celery("elsewhere", broker="memory://", set_as_current=False)
-app.conf.defer_database_url = os.environ["STORE_URL"]
-print(sweep(app).timed_out)
-"""
 
 
 @pytest.fixture
@@ -97,7 +81,7 @@ def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
         with pytest.raises(TriggerFailed):
             wait.delay("failure").get(timeout=10)
         wait.delay("timer", 0.2).get(timeout=10)
-        waiting = wait.delay("timer", 3600.0)  # times out after 0.3 s (when swept)
+        wait.delay("timer", 30.0)  # within defer_timer_horizon: claimed, and running
         eventually(
             lambda: scrape(triggerer)["celery_defer_triggerer_running_triggers"] == 1,
             "one running trigger",
@@ -114,14 +98,6 @@ def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
         assert 0 <= after[f"{LATENESS}_sum"] < 1.0
         assert after[f'{LATENESS}_bucket{{le="1.0"}}'] == 1
 
-        time.sleep(0.4)
-        assert sweep(app).timed_out == 1  # the sweep's own report counts it
-        with pytest.raises(TriggerTimeout):
-            waiting.get(timeout=10)
-        # Timeouts are the sweep's: the triggerer serves no count of them, even when a
-        # sweep happens to run in its process (see the next test for why).
-        assert TIMED_OUT not in scrape(triggerer)
-
         assert triggerer.metrics_address is not None
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(
@@ -131,32 +107,14 @@ def test_metrics_change_as_triggers_fire_fail_and_wait(app: Celery) -> None:
         assert missing.value.code == 404
 
 
-def test_the_triggerer_serves_no_timeout_count_it_cannot_see(app: Celery) -> None:
-    """Beat sends the sweep to a worker, so a triggerer never sees a timeout.
-
-    The endpoint used to serve ``celery_defer_deferrals_timed_out_total`` from a counter
-    bumped by sweeps run in the triggerer's own process: 0 for ever in production. A count
-    it serves must be true; here the sweep runs in another process, as in production.
-    """
+def test_the_triggerer_counts_the_timeouts_it_swept(app: Celery) -> None:
+    """Every triggerer sweeps (timeouts within a second), so the count it serves is its own."""
     wait = app.tasks["t.wait"]
     with Triggerer(app, capacity=2, metrics_port=0) as triggerer:
-        wait.delay("timer", 3600.0)  # times out after 0.3 s (when swept)
-        eventually(
-            lambda: scrape(triggerer)["celery_defer_triggerer_running_triggers"] == 1,
-            "one running trigger",
-            timeout=5.0,
-        )
-        time.sleep(0.4)
-        elsewhere = subprocess.run(
-            [sys.executable, "-c", SWEEP_ELSEWHERE],
-            env={**os.environ, "STORE_URL": app.conf.defer_database_url},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        assert elsewhere.stdout.strip() == "1"
-        assert scrape(triggerer).get(TIMED_OUT, 1) == 1
+        assert scrape(triggerer)[TIMED_OUT] == 0
+        with pytest.raises(TriggerTimeout):
+            wait.delay("timer", 3600.0).get(timeout=10)  # its timeout: 0.3 s
+        assert scrape(triggerer)[TIMED_OUT] == 1
 
 
 @pytest.mark.parametrize("port", [-1, 70000, "9100", True])
