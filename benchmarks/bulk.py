@@ -32,11 +32,14 @@ def store_deferrals(
     method: str,
     moments: Sequence[datetime],
     chunk: int = 50_000,
+    as_timers: bool = True,
 ) -> list[str]:
     """Store one deferral per moment, each on a ``DateTimeTrigger`` at that moment.
 
     ``snapshot`` is the request snapshot every row carries (``wire.snapshot_request``).
-    Each chunk is one transaction; returns the task ids, in moment order.
+    Each chunk is one transaction; returns the task ids, in moment order. With
+    ``as_timers=False`` the triggers are stored without their moment, as a trigger
+    that is not a pure timer is: a triggerer claims and holds them at once.
     """
     from celery_defer import serialization
     from celery_defer.store.sql.schema import deferrals, triggers
@@ -75,7 +78,9 @@ def store_deferrals(
             with cursor.copy(f"COPY defer_triggers ({TRIGGER_COLUMNS}) FROM STDIN") as copy:
                 for trigger_id, moment in zip(trigger_ids, part, strict=True):
                     # wakes_at, as save_deferral stores a timer's moment (naive UTC)
-                    wakes_at = moment.astimezone(timezone.utc).replace(tzinfo=None)
+                    wakes_at = (
+                        moment.astimezone(timezone.utc).replace(tzinfo=None) if as_timers else None
+                    )
                     copy.write_row((trigger_id, *trigger(moment), wakes_at, now))
             with cursor.copy(f"COPY defer_deferrals ({DEFERRAL_COLUMNS}) FROM STDIN") as copy:
                 for task_id, trigger_id in zip(task_ids, trigger_ids, strict=True):

@@ -337,7 +337,12 @@ class Run:
     # -- storing deferrals fast -------------------------------------------
 
     def store_deferrals(
-        self, task_name: str, method: str, moments: Sequence[datetime], chunk: int = 50_000
+        self,
+        task_name: str,
+        method: str,
+        moments: Sequence[datetime],
+        chunk: int = 50_000,
+        as_timers: bool = True,
     ) -> list[str]:
         """Store one deferral per moment, each on a ``DateTimeTrigger`` at that moment.
 
@@ -363,7 +368,9 @@ class Run:
                 ignore_result=False,
             ),
         )
-        return bulk.store_deferrals(self.engine, snapshot, task_name, method, moments, chunk)
+        return bulk.store_deferrals(
+            self.engine, snapshot, task_name, method, moments, chunk, as_timers
+        )
 
     def wake_triggerers(self) -> None:
         """One new-trigger notice, as a deferring task sends (rows stored in bulk send none)."""

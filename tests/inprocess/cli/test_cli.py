@@ -47,7 +47,7 @@ def test_init_db_is_safe_to_run_twice(project: Path) -> None:
     for _ in range(2):
         done = celery(project, "defer", "init-db")
         assert done.returncode == 0, done.stderr
-        assert "schema version 2 is ready" in done.stdout
+        assert "schema version 3 is ready" in done.stdout
     assert (project / "store.sqlite3").exists()
 
 
