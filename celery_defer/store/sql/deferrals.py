@@ -176,18 +176,34 @@ def save(conn: Connection, deferral: NewDeferral, *, now: datetime) -> StoredDef
     return StoredDeferral(trigger_id=int(trigger_id), generation=generation)
 
 
+def _claim_statement(*, reclaim: bool, settle: bool) -> Any:
+    """The claim of a resume, built once per kind: it runs once for every resume."""
+    return (
+        update(deferrals)
+        .where(
+            deferrals.c.task_id == bindparam("b_task_id", type_=String),
+            deferrals.c.generation == bindparam("b_generation", type_=Integer),
+            deferrals.c.state.in_(claimable_states(reclaim=reclaim, settle=settle)),
+        )
+        .values(
+            state=ENDED if settle else RUNNING, updated_at=bindparam("b_now", type_=UtcDateTime())
+        )
+    )
+
+
+_CLAIMS = {
+    (reclaim, settle): _claim_statement(reclaim=reclaim, settle=settle)
+    for reclaim in (False, True)
+    for settle in (False, True)
+}
+
+
 def begin_resume(
     conn: Connection, task_id: str, generation: int, *, reclaim: bool, settle: bool, now: datetime
 ) -> bool:
     """Move a published resume to ``running``, or with ``settle`` straight to ``ended``."""
     claimed = conn.execute(
-        update(deferrals)
-        .where(
-            deferrals.c.task_id == task_id,
-            deferrals.c.generation == generation,
-            deferrals.c.state.in_(claimable_states(reclaim=reclaim, settle=settle)),
-        )
-        .values(state=ENDED if settle else RUNNING, updated_at=now)
+        _CLAIMS[reclaim, settle], {"b_task_id": task_id, "b_generation": generation, "b_now": now}
     ).rowcount
     return bool(claimed == 1)
 
