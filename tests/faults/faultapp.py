@@ -89,7 +89,10 @@ def _install_fault_hooks() -> None:
         from celery_defer.broker import resumes
 
         def hang(app: Any, orders: Any) -> Any:
-            Path(marker).write_text(str(len(orders)))
+            # Written whole, then renamed: the test reads it as soon as it exists.
+            written = Path(f"{marker}.tmp")
+            written.write_text(str(len(orders)))
+            written.replace(marker)
             while True:  # the events are stored; their resumes are never sent
                 time.sleep(3600)
 
