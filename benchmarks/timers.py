@@ -234,6 +234,7 @@ def summary(r: dict[str, Any], window: float) -> dict[str, Any]:
         "setup_s": r["setup_s"],
         "pickup_s": r["pickup"]["seconds"],
         "owned": r["pickup"]["owned"],
+        "claimable": r["claimable"],
         "pickup_ended": r["pickup"]["ended"],
         "rss_mib_each": {role: rss / mib for role, (rss, _peak) in r["rss"].items()},
         "peak_rss_mib_each": {role: peak / mib for role, (_rss, peak) in r["rss"].items()},
@@ -332,8 +333,9 @@ def report(args: Any, s: dict[str, Any], spread: float) -> None:
     rows = [
         ["set-up: N timers stored in bulk (COPY)", f"{s['setup_s']:.1f} s", "-", "-", "-"],
         [
-            "pick-up: owned by a triggerer, from the triggerers' start",
-            f"{s['owned']:,} of {n:,} after {s['pickup_s']:.1f} s ({s['pickup_ended']})",
+            "pick-up: triggers owned, from the triggerers' start",
+            f"{s['owned']:,} (claimable now: {s['claimable']:,}; the other "
+            f"{n - s['claimable']:,} of the {n:,} stay rows) after {s['pickup_s']:.1f} s",
             "-",
             "-",
             "-",
