@@ -303,10 +303,14 @@ class InMemoryStore(Store):
     def claim_timed_out(self, now: datetime, outcome: str, limit: int) -> list[ResumeOrder]:
         with self._lock:
             due = self._tables.timed_out(utc(now), limit)
+            waited_on = {row.trigger_id for row in due if row.trigger_id is not None}
             # updated_at is the store's now, as in the SQL store: the sweep's
             # ``now`` may be a moved timer clock (celery_defer.testing.fast_forward).
             stamp = self._now()
-            return [row.to_firing(outcome, stamp) for row in due]
+            orders = [row.to_firing(outcome, stamp) for row in due]
+            still = {row.trigger_id for row in self._tables.deferrals.values()}
+            self._tables.delete_triggers([i for i in waited_on if i not in still])
+            return orders
 
     def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:
         return self._left_in(FIRING, older_than, limit)

@@ -6,9 +6,10 @@ that ran no beat, or forgot ``install(app)``, never timed out at all. The
 triggerer is the one process every deployment runs, so it sweeps itself:
 every :data:`TIMEOUT_SCAN` seconds it fails the deferrals past their timeout
 (one indexed query when none is), and every ``defer_sweep_interval`` it runs
-the whole sweep (stranded resumes, unused triggers, old events and ended
-deferrals). Several triggerers sweeping at once is safe: each step is a
-conditional update or an idempotent delete. The beat entry keeps working.
+the whole sweep (stranded resumes, old events and ended deferrals; not the
+search for unused triggers, which reads every trigger: see ``sweep``).
+Several triggerers sweeping at once is safe: each step is a conditional
+update or an idempotent delete. The beat entry keeps working.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from celery_defer.exceptions import StoreError
@@ -60,7 +62,8 @@ async def sweep_loop(
         try:
             if loop.time() >= next_full:
                 next_full = loop.time() + interval
-                timed_out = (await call(sweep, app, now())).timed_out
+                report = await call(partial(sweep, app, now(), find_unused_triggers=False))
+                timed_out = report.timed_out
             else:
                 timed_out = await call(time_out_due, app, now())
         except StoreError as exc:

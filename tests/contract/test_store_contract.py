@@ -681,3 +681,15 @@ def test_missing_postgres_database_is_not_schema_missing(
 def test_bad_url_raises_configuration_error(url: str) -> None:
     with pytest.raises(ConfigurationError):
         SqlStore(url)
+
+
+def test_a_timeout_deletes_the_trigger_no_one_else_waits_on(store: Store, backend: Backend) -> None:
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    alone = store.save_deferral(deferral("alone", timeout_at=past)).trigger_id
+    shared = store.save_deferral(deferral("first", timeout_at=past)).trigger_id
+    backend.add_waiter(deferral("second"), shared)  # waits on the same trigger, no timeout
+    timed_out = store.claim_timed_out(datetime.now(timezone.utc), EVENT, 10)
+    assert {o.task_id for o in timed_out} == {"alone", "first"}
+    assert alone not in backend.trigger_ids()  # nobody waits on it any more
+    assert shared in backend.trigger_ids()  # "second" still does
+    assert store.delete_unused_triggers() == 0  # nothing left for the safety net

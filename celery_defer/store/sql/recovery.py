@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, delete, exists, select, update
 
 from celery_defer.store.records import DEFERRED, FIRING, DeferralState, ResumeOrder
+from celery_defer.store.sql.engine import chunks
 from celery_defer.store.sql.orders import ORDER_COLUMNS, order_of
 from celery_defer.store.sql.schema import deferrals, triggerers, triggers
 
@@ -30,10 +31,12 @@ def claim_timed_out(
     """Move up to ``limit`` deferrals whose timeout is before ``due_before`` to ``firing``.
 
     ``due_before`` is the sweep's idea of now (a test may pass a later one);
-    ``now`` is the store's clock, stamped on the rows it moves.
+    ``now`` is the store's clock, stamped on the rows it moves. Their triggers
+    that no other deferral waits on are deleted here, as a cancel deletes
+    them: the sweep then never has to look for unused triggers.
     """
     due = conn.execute(
-        select(*ORDER_COLUMNS)
+        select(*ORDER_COLUMNS, deferrals.c.trigger_id.label("waited_on"))
         .where(deferrals.c.state == DEFERRED, deferrals.c.timeout_at < due_before)
         .order_by(deferrals.c.timeout_at)
         .limit(limit)
@@ -49,6 +52,14 @@ def claim_timed_out(
             .values(state=FIRING, outcome=outcome, trigger_id=None, updated_at=now),
             [{"b_task_id": row.task_id} for row in due],
         )
+        waited_on = sorted({row.waited_on for row in due if row.waited_on is not None})
+        for ids in chunks(waited_on):
+            conn.execute(
+                delete(triggers).where(
+                    triggers.c.id.in_(ids),
+                    ~exists().where(deferrals.c.trigger_id == triggers.c.id),
+                )
+            )
     return [order_of(r, outcome) for r in due]
 
 
