@@ -372,6 +372,12 @@ class Run:
             self.engine, snapshot, task_name, method, moments, chunk, as_timers
         )
 
+    def vacuum(self, *tables: str) -> None:
+        """``VACUUM (ANALYZE)`` the run's tables (after a bulk load, as autovacuum would)."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in tables:
+                conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
+
     def wake_triggerers(self) -> None:
         """One new-trigger notice, as a deferring task sends (rows stored in bulk send none)."""
         from celery_defer.broker import notices
