@@ -184,16 +184,8 @@ class InMemoryStore(Store):
         self._move(task_id, generation, (RUNNING,), ENDED)
 
     def delete_ended(self, older_than: datetime, limit: int) -> int:
-        cutoff = utc(older_than)
         with self._lock:
-            ended = sorted(
-                (r for r in self._tables.deferrals.values() if r.state == ENDED),
-                key=lambda r: r.updated_at,
-            )
-            gone = [r.task_id for r in ended if r.updated_at < cutoff][: max(limit, 0)]
-            for task_id in gone:
-                del self._tables.deferrals[task_id]
-            return len(gone)
+            return self._tables.delete_ended(utc(older_than), limit)
 
     # -- triggerers --------------------------------------------------------
 
@@ -245,33 +237,15 @@ class InMemoryStore(Store):
                 self._tables.release(lambda t: t.triggerer_id in dead)
                 for gone in dead:
                     del self._tables.triggerers[gone]
-            unowned = [t for t in self._tables.triggers.values() if t.triggerer_id is None]
-            if horizon is not None:
-                near = self._now() + timedelta(seconds=horizon)
-                timers = sorted(
-                    (t for t in unowned if t.wakes_at is not None and t.wakes_at < near),
-                    key=lambda t: (t.wakes_at, t.id),
-                )
-                unowned = timers + [t for t in unowned if t.wakes_at is None]
-                limit = self._fair_limit(triggerer_id, limit, len(unowned))
+            near = None if horizon is None else self._now() + timedelta(seconds=horizon)
+            unowned = self._tables.claimable(near)
+            if near is not None:
+                limit = self._tables.fair_limit(triggerer_id, limit, len(unowned))
             claimed: list[ClaimedTrigger] = []
             for trigger in unowned[:limit]:
                 trigger.triggerer_id = triggerer_id
                 claimed.append(ClaimedTrigger(trigger.id, trigger.classpath, trigger.kwargs))
             return claimed
-
-    def _fair_limit(self, triggerer_id: str, limit: int, waiting: int) -> int:
-        """The SQL store's fair share (``store.sql.triggerers``), under the lock."""
-        live = len(self._tables.triggerers)
-        if live <= 1:
-            return limit
-        if not waiting:
-            return 0
-        owners = [t.triggerer_id for t in self._tables.triggers.values()]
-        owned = sum(1 for owner in owners if owner is not None)
-        mine = sum(1 for owner in owners if owner == triggerer_id)
-        fair = -(-(owned + waiting) // live) - mine
-        return min(limit, max(fair, -(-waiting // live)))
 
     def held_trigger_ids(self, triggerer_id: str) -> set[int]:
         with self._lock:
@@ -308,8 +282,7 @@ class InMemoryStore(Store):
             # ``now`` may be a moved timer clock (celery_defer.testing.fast_forward).
             stamp = self._now()
             orders = [row.to_firing(outcome, stamp) for row in due]
-            still = {row.trigger_id for row in self._tables.deferrals.values()}
-            self._tables.delete_triggers([i for i in waited_on if i not in still])
+            self._tables.delete_unused_of(waited_on)  # as the SQL store's timeout does
             return orders
 
     def stuck_firing(self, older_than: datetime, limit: int) -> list[ResumeOrder]:

@@ -215,6 +215,53 @@ class Tables:
         trigger.kwargs = kwargs
         return True
 
+    # -- deleting --------------------------------------------------------------
+
+    def delete_ended(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to ``limit`` ended deferrals last updated before ``cutoff``, oldest first."""
+        ended = sorted(
+            (r for r in self.deferrals.values() if r.state == ENDED and r.updated_at < cutoff),
+            key=lambda r: r.updated_at,
+        )
+        for row in ended[: max(limit, 0)]:
+            del self.deferrals[row.task_id]
+        return min(len(ended), max(limit, 0))
+
+    def delete_unused_of(self, trigger_ids: set[int]) -> None:
+        """Delete those of ``trigger_ids`` no deferral waits on any more."""
+        still = {row.trigger_id for row in self.deferrals.values()}
+        self.delete_triggers([i for i in trigger_ids if i not in still])
+
+    # -- claiming --------------------------------------------------------------
+
+    def claimable(self, near: datetime | None) -> list[TriggerRow]:
+        """Unowned triggers in claim order: by id; with ``near``, timers before it first.
+
+        With ``near`` (now plus the horizon), a timer not before it is left out,
+        as the SQL store's claim leaves it a row.
+        """
+        unowned = [t for t in self.triggers.values() if t.triggerer_id is None]
+        if near is None:
+            return unowned
+        timers = sorted(
+            (t for t in unowned if t.wakes_at is not None and t.wakes_at < near),
+            key=lambda t: (t.wakes_at, t.id),
+        )
+        return timers + [t for t in unowned if t.wakes_at is None]
+
+    def fair_limit(self, triggerer_id: str, limit: int, waiting: int) -> int:
+        """The SQL store's fair share (``store.sql.triggerers``) of ``waiting`` triggers."""
+        live = len(self.triggerers)
+        if live <= 1:
+            return limit
+        if not waiting:
+            return 0
+        owners = [t.triggerer_id for t in self.triggers.values()]
+        owned = sum(1 for owner in owners if owner is not None)
+        mine = sum(1 for owner in owners if owner == triggerer_id)
+        fair = -(-(owned + waiting) // live) - mine
+        return min(limit, max(fair, -(-waiting // live)))
+
     # -- inspection ------------------------------------------------------------
 
     def info(self, task_id: str) -> DeferralInfo | None:
