@@ -30,7 +30,7 @@ from celery_defer.exceptions import InvalidDeferral, StoreError, TaskDeferred, T
 from celery_defer.settings import Settings
 from celery_defer.store import NewDeferral, store_for
 from celery_defer.triggers.base import BaseTrigger
-from celery_defer.triggers.clock import DEFAULT_CLOCK
+from celery_defer.triggers.clock import DEFAULT_CLOCK, far_timers_may_wait
 from celery_defer.validation import check_deferral
 from celery_defer.wire import ResumeHeader, deadline_of, snapshot_request
 from celery_defer.worker.eager import call_inline
@@ -145,7 +145,7 @@ class DeferrableTask(Task):  # type: ignore[misc]
         # (unless the tests' clock is moved or skipping: then triggerers run every timer).
         announce = (
             checked.wakes_at is None
-            or not DEFAULT_CLOCK.follows_wall_clock()
+            or not far_timers_may_wait(DEFAULT_CLOCK)
             or checked.wakes_at - datetime.now(timezone.utc)
             < timedelta(seconds=settings.timer_horizon)
         )

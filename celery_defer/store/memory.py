@@ -21,10 +21,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from celery_defer.exceptions import StoreError
 from celery_defer.store.base import Clock, Listener, Store, system_clock
+from celery_defer.store.memory_rotation import rewrite_in_batches
 from celery_defer.store.memory_tables import (
     DeferralRow,
     SaveListener,
@@ -59,9 +59,6 @@ from celery_defer.store.records import (
 __all__ = ["InMemoryStore"]
 
 logger = logging.getLogger(__name__)
-
-#: The primary key of a rewritten "table": a task id or a trigger id.
-Key = TypeVar("Key", str, int)
 
 
 class InMemoryStore(Store):
@@ -377,7 +374,8 @@ class InMemoryStore(Store):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         return Rewritten(
-            deferrals=self._rewrite(
+            deferrals=rewrite_in_batches(
+                self._lock,
                 lambda: (
                     (r.task_id, r.kwargs, r.generation) for r in self._tables.deferrals.values()
                 ),
@@ -385,33 +383,11 @@ class InMemoryStore(Store):
                 rewrite,
                 batch_size,
             ),
-            triggers=self._rewrite(
+            triggers=rewrite_in_batches(
+                self._lock,
                 lambda: ((t.id, t.kwargs, 0) for t in self._tables.triggers.values()),
                 lambda trigger_id, _, new: self._tables.set_trigger_kwargs(trigger_id, new),
                 rewrite,
                 batch_size,
             ),
         )
-
-    def _rewrite(
-        self,
-        read: Callable[[], Iterable[tuple[Key, str, int]]],
-        write: Callable[[Key, int, str], bool],
-        rewrite: Callable[[str], str | None],
-        batch_size: int,
-    ) -> int:
-        """Walk (key, kwargs, version) rows in key order, a batch at a time."""
-        rewritten = 0
-        last: Key | None = None
-        while True:
-            with self._lock:
-                batch = sorted(row for row in read() if last is None or row[0] > last)
-            batch = batch[:batch_size]
-            if not batch:
-                return rewritten
-            last = batch[-1][0]
-            changed = [(row, new) for row in batch if (new := rewrite(row[1])) is not None]
-            with self._lock:
-                rewritten += sum(write(key, version, new) for (key, _, version), new in changed)
-            if len(batch) < batch_size:
-                return rewritten

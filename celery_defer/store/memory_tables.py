@@ -30,7 +30,14 @@ from celery_defer.store.records import (
     TriggererStatus,
 )
 
-__all__ = ["MEMORY_URL", "SaveListener", "Tables", "is_memory_url", "utc", "utc_or_none"]
+__all__ = [
+    "MEMORY_URL",
+    "SaveListener",
+    "Tables",
+    "is_memory_url",
+    "utc",
+    "utc_or_none",
+]
 
 #: The ``defer_database_url`` that selects the in-memory store.
 MEMORY_URL = "memory://"

@@ -39,7 +39,7 @@ from celery_defer.triggerer.supervision import supervise
 from celery_defer.triggerer.sweeping import sweep_loop
 from celery_defer.triggerer.watchdog import running_trigger
 from celery_defer.triggers.base import BaseTrigger, TriggerEvent
-from celery_defer.triggers.clock import DEFAULT_CLOCK
+from celery_defer.triggers.clock import DEFAULT_CLOCK, far_timers_may_wait
 from celery_defer.triggers.execution import describe, first_event
 from celery_defer.validation import resolve_trigger_class
 from celery_defer.wire import Outcome
@@ -219,7 +219,8 @@ class TriggerRunner:
                     self.triggerer_id,
                     limit,
                     self.settings.triggerer_health_timeout,
-                    self._horizon(),
+                    # None (claim every timer) under a clock of tests: see far_timers_may_wait.
+                    self.settings.timer_horizon if far_timers_may_wait(self.clock) else None,
                 )
                 claimed = await asyncio.wrap_future(self._claim)
             except StoreError as exc:
@@ -233,18 +234,6 @@ class TriggerRunner:
                 self._unowned_left = False
                 return
         self._unowned_left = True
-
-    def _horizon(self) -> float | None:
-        """How far ahead timers are claimed; None (all of them) under a clock of tests.
-
-        The store judges a timer's distance by the wall clock; a trigger clock
-        moved (``fast_forward``), skipping (``skip_time``) or of another kind
-        may make a far timer due, so then every timer is claimed and run.
-        """
-        follows = getattr(self.clock, "follows_wall_clock", None)
-        if follows is None or not follows():
-            return None
-        return self.settings.timer_horizon
 
     async def _claim_settled(self) -> None:
         """Wait for a claim still in its transaction when the claim loop was cancelled.

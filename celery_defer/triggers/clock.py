@@ -64,6 +64,17 @@ class TriggerClock(Protocol):
         """Wait ``seconds`` (a clock may end the wait early; callers re-read :meth:`now`)."""
 
 
+def far_timers_may_wait(clock: object) -> bool:
+    """Whether, under ``clock``, a timer beyond ``defer_timer_horizon`` may stay a row.
+
+    The store judges a timer's distance by the wall clock; a trigger clock
+    moved (``fast_forward``), skipping (``skip_time``) or of another kind may
+    make a far timer due, so then every timer is announced, claimed and run.
+    """
+    follows = getattr(clock, "follows_wall_clock", None)
+    return follows is not None and bool(follows())
+
+
 class SystemClock:
     """The wall clock and the running loop's timer, with nothing added.
 
